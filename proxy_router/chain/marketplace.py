@@ -1,0 +1,115 @@
+"""Typed calls on the Marketplace and MOR token, on top of ``ChainClient``.
+
+Amounts are integers in wei; ids are 32-byte ``bytes`` on the way in and come
+back from the views as JSON-friendly dicts (0x-hex ids, int amounts).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy_router.chain.client import ChainClient, TxResult
+from proxy_router.chain.index import jsonable
+
+
+def to_bytes32(value: str | bytes) -> bytes:
+    if isinstance(value, bytes):
+        if len(value) != 32:
+            raise ValueError("expected 32 bytes")
+        return value
+    raw = bytes.fromhex(value.removeprefix("0x"))
+    if len(raw) != 32:
+        raise ValueError(f"expected a 32-byte 0x-hex id, got {value!r}")
+    return raw
+
+
+class Marketplace:
+    def __init__(self, client: ChainClient, marketplace_address: str,
+                 mor_token_address: str) -> None:
+        self.client = client
+        self.contract = client.contract("Marketplace", marketplace_address)
+        self.token = client.contract("MorToken", mor_token_address)
+
+    @property
+    def address(self) -> str:
+        return str(self.contract.address)
+
+    # -- MOR -----------------------------------------------------------------
+
+    async def mor_balance(self, account: str) -> int:
+        return int(await self.client.call(self.token, "balanceOf", account))
+
+    async def eth_balance(self, account: str) -> int:
+        return int(await ChainClient._guard(self.client.w3.eth.get_balance(account)))
+
+    async def ensure_allowance(self, amount: int) -> TxResult | None:
+        """Approve the marketplace for ``amount`` when the allowance is below it.
+
+        Approves a 3x reserve so consecutive sessions do not each pay for an
+        approval transaction.
+        """
+        current = int(await self.client.call(self.token, "allowance", self.client.address,
+                                             self.address))
+        if current >= amount:
+            return None
+        return await self.client.transact(self.token, "approve", self.address, amount * 3)
+
+    # -- writes ---------------------------------------------------------------
+
+    async def register_provider(self, amount: int, endpoint: str) -> TxResult:
+        await self.ensure_allowance(amount)
+        return await self.client.transact(self.contract, "providerRegister", amount, endpoint)
+
+    async def deregister_provider(self) -> TxResult:
+        return await self.client.transact(self.contract, "providerDeregister")
+
+    async def register_model(self, base_model_id: bytes, ipfs_cid: bytes, amount: int,
+                             name: str, tags: list[str]) -> tuple[str, TxResult]:
+        await self.ensure_allowance(amount)
+        tx = await self.client.transact(self.contract, "modelRegister", base_model_id,
+                                        ipfs_cid, amount, name, tags)
+        return "0x" + bytes(tx.event("ModelRegistered")["modelId"]).hex(), tx
+
+    async def post_bid(self, model_id: str | bytes, price_per_second: int) -> tuple[str, TxResult]:
+        fee = await self.param("bidFee")
+        if fee:
+            await self.ensure_allowance(fee)
+        tx = await self.client.transact(self.contract, "postModelBid", to_bytes32(model_id),
+                                        price_per_second)
+        return "0x" + bytes(tx.event("BidPosted")["bidId"]).hex(), tx
+
+    async def open_session(self, amount: int, approval: bytes,
+                           signature: bytes) -> tuple[str, TxResult]:
+        await self.ensure_allowance(amount)
+        tx = await self.client.transact(self.contract, "openSession", amount, approval, signature)
+        return "0x" + bytes(tx.event("SessionOpened")["sessionId"]).hex(), tx
+
+    async def close_session(self, receipt: bytes, signature: bytes) -> TxResult:
+        return await self.client.transact(self.contract, "closeSession", receipt, signature)
+
+    async def claim_for_provider(self, session_id: str | bytes) -> TxResult:
+        return await self.client.transact(self.contract, "claimForProvider",
+                                          to_bytes32(session_id))
+
+    # -- views ----------------------------------------------------------------
+
+    async def param(self, name: str) -> int:
+        return int(await self.client.call(self.contract, name))
+
+    async def _view(self, fn: str, *args: Any) -> dict[str, Any]:
+        return dict(jsonable(await self.client.call(self.contract, fn, *args)))
+
+    async def get_provider(self, address: str) -> dict[str, Any]:
+        return await self._view("getProvider", address)
+
+    async def get_model(self, model_id: str | bytes) -> dict[str, Any]:
+        return await self._view("getModel", to_bytes32(model_id))
+
+    async def get_bid(self, bid_id: str | bytes) -> dict[str, Any]:
+        return await self._view("getBid", to_bytes32(bid_id))
+
+    async def get_session(self, session_id: str | bytes) -> dict[str, Any]:
+        return await self._view("getSession", to_bytes32(session_id))
+
+    async def get_stats(self, provider: str, model_id: str | bytes) -> dict[str, Any]:
+        return await self._view("getProviderModelStats", provider, to_bytes32(model_id))

@@ -1,0 +1,131 @@
+"""Router configuration from the environment and ``.env`` (pydantic-settings).
+
+Every variable is documented in ``.env.example``. A bad value is reported as
+one line naming the variable (see ``describe_error``), never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from eth_utils import is_address, to_checksum_address
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Role = Literal["provider", "consumer"]
+
+
+def _address(value: str) -> str:
+    if not is_address(value):
+        raise ValueError("must be a 0x-prefixed 20-byte Ethereum address")
+    return to_checksum_address(value)
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be host:port (e.g. 127.0.0.1:8082)")
+    return host or "0.0.0.0", int(port)
+
+
+class Settings(BaseSettings):
+    """Settings shared by both roles; role-specific ones are ignored by the other."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8",
+                                      extra="ignore", case_sensitive=False)
+
+    # Chain
+    eth_node_address: str = Field(
+        "http://127.0.0.1:8545", description="RPC URL, or several separated by commas")
+    eth_node_chain_id: int | None = Field(None, description="expected chain id (checked)")
+    eth_node_polling_interval: float = Field(1.0, gt=0, le=60)
+    eth_node_confirmations: int = Field(0, ge=0)
+    wallet_private_key: SecretStr = Field(..., description="0x-hex secp256k1 key")
+    marketplace_address: str
+    mor_token_address: str
+
+    # Listeners and storage
+    proxy_address: str = "0.0.0.0:3333"
+    web_address: str = "127.0.0.1:8082"
+    proxy_storage_path: Path = Path("./data")
+    models_config_path: Path | None = None
+
+    # Consumer behaviour
+    session_duration_s: int = Field(600, ge=300, le=7 * 24 * 3600)
+    provider_allowlist: str = Field("", description="comma-separated provider addresses")
+    failover_enabled: bool = True
+    mor_rpc_connect_timeout_s: float = Field(3.0, gt=0)
+    first_token_timeout_s: float = Field(60.0, gt=0)
+
+    # Provider behaviour
+    backend_timeout_s: float = Field(240.0, gt=0)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("marketplace_address", "mor_token_address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        return _address(value)
+
+    @field_validator("wallet_private_key")
+    @classmethod
+    def _check_key(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value().removeprefix("0x")
+        if len(raw) != 64 or any(c not in "0123456789abcdefABCDEF" for c in raw):
+            raise ValueError("must be a 32-byte hex private key")
+        return value
+
+    @field_validator("proxy_address", "web_address")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @field_validator("eth_node_address")
+    @classmethod
+    def _check_urls(cls, value: str) -> str:
+        urls = [u.strip() for u in value.split(",") if u.strip()]
+        if not urls or any(not u.startswith(("http://", "https://", "ws://", "wss://"))
+                           for u in urls):
+            raise ValueError("must be one or more http(s):// or ws(s):// URLs, comma-separated")
+        return value
+
+    @field_validator("provider_allowlist")
+    @classmethod
+    def _check_allowlist(cls, value: str) -> str:
+        for item in (v.strip() for v in value.split(",")):
+            if item:
+                _address(item)
+        return value
+
+    @property
+    def rpc_urls(self) -> list[str]:
+        return [u.strip() for u in self.eth_node_address.split(",") if u.strip()]
+
+    @property
+    def allowlist(self) -> set[str]:
+        return {_address(v.strip()) for v in self.provider_allowlist.split(",") if v.strip()}
+
+    @property
+    def private_key(self) -> str:
+        return self.wallet_private_key.get_secret_value()
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line per bad variable, named as in the environment."""
+    lines = []
+    for err in exc.errors():
+        name = "_".join(str(p) for p in err["loc"]).upper() or "configuration"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            msg = "is required but not set"
+        lines.append(f"invalid configuration: {name} {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(env_file: Path | None = None) -> Settings:
+    if env_file is not None:
+        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+    return Settings()  # type: ignore[call-arg]

@@ -1,0 +1,147 @@
+"""SQLite state under ``PROXY_STORAGE_PATH``: what must survive a restart.
+
+One file per router. WAL mode and one transaction per logical write, so a crash
+leaves either the old or the new state, never half of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS market (
+    kind TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (kind, id)
+);
+CREATE TABLE IF NOT EXISTS consumer_sessions (
+    session_id TEXT PRIMARY KEY,
+    model_id TEXT NOT NULL,
+    bid_id TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    session_key TEXT NOT NULL,
+    stake TEXT NOT NULL,
+    opened_at INTEGER NOT NULL,
+    ends_at INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'open',
+    close_tx TEXT
+);
+CREATE TABLE IF NOT EXISTS provider_usage (
+    session_id TEXT PRIMARY KEY,
+    prompts INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    ttft_ms_sum INTEGER NOT NULL DEFAULT 0,
+    tps_x1000_sum INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+class Store:
+    """A thin async wrapper; every public method is one atomic transaction."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    @classmethod
+    async def open(cls, directory: Path, name: str) -> Store:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{name}.sqlite3"
+        db = await aiosqlite.connect(path)
+        os.chmod(path, 0o600)  # holds session keys
+        db.row_factory = aiosqlite.Row
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.executescript(SCHEMA)
+        await db.commit()
+        return cls(db)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    # -- key/value (event checkpoint) -------------------------------------
+
+    async def get(self, key: str) -> str | None:
+        async with self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def put(self, key: str, value: str) -> None:
+        await self._db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)",
+                               (key, value))
+        await self._db.commit()
+
+    # -- market index ------------------------------------------------------
+
+    async def save_market(self, rows: Iterable[tuple[str, str, dict[str, Any]]],
+                          checkpoint: tuple[str, str] | None = None) -> None:
+        """Upsert index rows and move the checkpoint in the same transaction."""
+        await self._db.executemany(
+            "INSERT OR REPLACE INTO market (kind, id, data) VALUES (?, ?, ?)",
+            [(kind, ident, json.dumps(data)) for kind, ident, data in rows],
+        )
+        if checkpoint is not None:
+            await self._db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)",
+                                   checkpoint)
+        await self._db.commit()
+
+    async def load_market(self) -> list[tuple[str, str, dict[str, Any]]]:
+        async with self._db.execute("SELECT kind, id, data FROM market") as cur:
+            return [(r[0], r[1], json.loads(r[2])) async for r in cur]
+
+    # -- consumer sessions -------------------------------------------------
+
+    async def add_consumer_session(self, row: dict[str, Any]) -> None:
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        await self._db.execute(
+            f"INSERT OR REPLACE INTO consumer_sessions ({cols}) VALUES ({marks})",
+            tuple(row.values()),
+        )
+        await self._db.commit()
+
+    async def consumer_sessions(self, status: str | None = None) -> list[dict[str, Any]]:
+        query = "SELECT * FROM consumer_sessions"
+        args: tuple[Any, ...] = ()
+        if status is not None:
+            query += " WHERE status = ?"
+            args = (status,)
+        async with self._db.execute(query + " ORDER BY opened_at", args) as cur:
+            return [dict(r) async for r in cur]
+
+    async def set_consumer_session_status(self, session_id: str, status: str,
+                                          close_tx: str | None = None) -> None:
+        await self._db.execute(
+            "UPDATE consumer_sessions SET status = ?, close_tx = COALESCE(?, close_tx) "
+            "WHERE session_id = ?", (status, close_tx, session_id))
+        await self._db.commit()
+
+    # -- provider usage ----------------------------------------------------
+
+    async def record_usage(self, session_id: str, prompt_tokens: int, completion_tokens: int,
+                           ttft_ms: int, tps_x1000: int) -> None:
+        await self._db.execute(
+            "INSERT INTO provider_usage (session_id, prompts, prompt_tokens, completion_tokens,"
+            " ttft_ms_sum, tps_x1000_sum) VALUES (?, 1, ?, ?, ?, ?) "
+            "ON CONFLICT(session_id) DO UPDATE SET prompts = prompts + 1,"
+            " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+            " completion_tokens = completion_tokens + excluded.completion_tokens,"
+            " ttft_ms_sum = ttft_ms_sum + excluded.ttft_ms_sum,"
+            " tps_x1000_sum = tps_x1000_sum + excluded.tps_x1000_sum",
+            (session_id, prompt_tokens, completion_tokens, ttft_ms, tps_x1000),
+        )
+        await self._db.commit()
+
+    async def usage(self, session_id: str) -> dict[str, int]:
+        async with self._db.execute(
+            "SELECT prompts, prompt_tokens, completion_tokens, ttft_ms_sum, tps_x1000_sum "
+            "FROM provider_usage WHERE session_id = ?", (session_id,)) as cur:
+            row = await cur.fetchone()
+        keys = ("prompts", "prompt_tokens", "completion_tokens", "ttft_ms_sum", "tps_x1000_sum")
+        return dict(zip(keys, row, strict=True)) if row else dict.fromkeys(keys, 0)

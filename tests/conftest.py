@@ -1,0 +1,65 @@
+"""Shared fixtures: a real anvil chain on a free port, deployed contracts, wallets.
+
+The chain is started once per session; each test that asks for ``chain`` runs
+inside an ``evm_snapshot`` that is reverted afterwards, so tests never see one
+another's state. Clients are created per test because a revert rewinds nonces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from proxy_router.chain.client import ChainClient
+from proxy_router.chain.deploy import Deployment, deploy_all
+from proxy_router.chain.marketplace import Marketplace
+from proxy_router.testing.anvil import Anvil, dev_address, dev_key
+
+DEPLOYER, PROVIDER, USER, OTHER, FEE_RECIPIENT = 0, 1, 2, 3, 9
+
+
+@pytest.fixture(scope="session")
+def anvil() -> Iterator[Anvil]:
+    with Anvil() as chain:
+        yield chain
+
+
+@pytest.fixture(scope="session")
+async def deployment(anvil: Anvil) -> Deployment:
+    client = await ChainClient.connect(anvil.rpc_url, dev_key(DEPLOYER))
+    try:
+        return await deploy_all(client, fee_recipient=dev_address(FEE_RECIPIENT),
+                                fund=[dev_address(i) for i in range(1, 9)])
+    finally:
+        await client.close()
+
+
+@dataclass
+class Chain:
+    anvil: Anvil
+    deployment: Deployment
+    _clients: list[ChainClient]
+
+    async def market(self, account: int) -> Marketplace:
+        """A Marketplace handle signing as anvil dev account ``account``."""
+        client = await ChainClient.connect(self.anvil.rpc_url, dev_key(account))
+        self._clients.append(client)
+        return Marketplace(client, self.deployment.marketplace_address,
+                           self.deployment.mor_token_address)
+
+    def increase_time(self, seconds: int) -> None:
+        self.anvil.increase_time(seconds)
+
+
+@pytest.fixture
+async def chain(anvil: Anvil, deployment: Deployment) -> AsyncIterator[Chain]:
+    snapshot = anvil.snapshot()
+    state = Chain(anvil, deployment, [])
+    try:
+        yield state
+    finally:
+        for client in state._clients:
+            await client.close()
+        anvil.revert(snapshot)
