@@ -7,7 +7,8 @@ another's state. Clients are created per test because a revert rewinds nonces.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -53,8 +54,9 @@ class Chain:
         self.anvil.increase_time(seconds)
 
 
-@pytest.fixture
-async def chain(anvil: Anvil, deployment: Deployment) -> AsyncIterator[Chain]:
+@asynccontextmanager
+async def isolated_chain(anvil: Anvil, deployment: Deployment) -> AsyncIterator[Chain]:
+    """A ``Chain`` inside an ``evm_snapshot`` that is reverted (and its clients closed) on exit."""
     snapshot = anvil.snapshot()
     state = Chain(anvil, deployment, [])
     try:
@@ -63,3 +65,18 @@ async def chain(anvil: Anvil, deployment: Deployment) -> AsyncIterator[Chain]:
         for client in state._clients:
             await client.close()
         anvil.revert(snapshot)
+
+
+@pytest.fixture
+async def chain(anvil: Anvil, deployment: Deployment) -> AsyncIterator[Chain]:
+    async with isolated_chain(anvil, deployment) as state:
+        yield state
+
+
+@pytest.fixture(scope="session")
+def chain_factory(
+    anvil: Anvil, deployment: Deployment
+) -> Callable[[], AbstractAsyncContextManager[Chain]]:
+    """``async with chain_factory() as chain:`` — the ``chain`` fixture, usable several times in
+    one test (hypothesis examples must not share a function-scoped fixture)."""
+    return lambda: isolated_chain(anvil, deployment)

@@ -27,6 +27,9 @@ log = structlog.get_logger(__name__)
 CHECKPOINT_KEY = "index.checkpoint"
 MAX_LOG_RANGE = 5_000
 KINDS = ("provider", "model", "bid", "session")
+# Events that change a provider's view (its stake, endpoint or active-bid count).
+PROVIDER_EVENTS = {"ProviderRegistered", "ProviderDeregistered", "BidPosted", "BidDeleted",
+                   "SessionOpened"}
 
 Listener = Callable[[str, dict[str, Any]], Awaitable[None] | None]
 
@@ -64,6 +67,7 @@ class MarketIndex:
         self.sessions: dict[str, dict[str, Any]] = {}
         self.checkpoint = start_block - 1
         self.head = 0
+        self.head_timestamp = 0
         self.last_error: str | None = None
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
@@ -117,7 +121,9 @@ class MarketIndex:
     async def poll_once(self) -> int:
         """Fold every log up to the (confirmed) head; returns the new checkpoint."""
         w3 = self.client.w3
-        self.head = await ChainClient._guard(w3.eth.block_number)
+        head = await ChainClient._guard(w3.eth.get_block("latest"))
+        self.head = int(head["number"])
+        self.head_timestamp = int(head["timestamp"])
         target = self.head - self.confirmations
         while self.checkpoint < target:
             start = self.checkpoint + 1
@@ -156,7 +162,7 @@ class MarketIndex:
 
     @staticmethod
     def _mark(name: str, args: dict[str, Any], dirty: dict[str, set[str]]) -> None:
-        if "provider" in args and name.startswith("Provider"):
+        if name in PROVIDER_EVENTS:
             dirty["provider"].add(to_checksum_address(args["provider"]))
         if "modelId" in args:
             dirty["model"].add(_hex(args["modelId"]))
@@ -164,8 +170,6 @@ class MarketIndex:
             dirty["bid"].add(_hex(args["bidId"]))
         if "sessionId" in args:
             dirty["session"].add(_hex(args["sessionId"]))
-        if name.startswith("Bid"):
-            dirty["provider"].add(to_checksum_address(args["provider"]))
 
     async def _refresh(self, dirty: dict[str, set[str]],
                        block: int) -> list[tuple[str, str, dict[str, Any]]]:

@@ -10,11 +10,11 @@ Stream chunks are deliberately *not* signed. Each is AES-256-GCM sealed under
 the session's ECDH-derived key, which only this consumer and this provider
 hold, with AAD binding (request id, request nonce, seq): a forged, altered,
 reordered, replayed or transplanted chunk fails its tag. A secp256k1 signature
-would add ~30 µs to sign and ~50 µs to verify per chunk against a budget of
-50 µs of CPU per chunk for both routers together, and add nothing a third
-party needs: the signed final frame carries the chunk count (truncation is
-detected) and a SHA-256 over the ciphertexts, so the provider's signature still
-commits to the whole stream.
+per chunk would cost ~50 µs to sign plus ~65 µs to verify (bench/rpc_crypto.py),
+more than twice the whole budget of 50 µs of CPU per chunk for both routers,
+where sealing plus opening costs ~3 µs. Nothing is lost: the signed final frame
+carries the chunk count (truncation is detected) and a SHA-256 over the
+ciphertexts, so the provider's signature still commits to the whole stream.
 
 Flow control: a stream may run ``STREAM_WINDOW`` chunks ahead of the consumer;
 the consumer returns credit with ``rpc.credit`` notifications as it reads. A
@@ -30,9 +30,9 @@ import base64
 import hashlib
 import inspect
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -68,6 +68,7 @@ log = structlog.get_logger(__name__)
 Chunk = bytes | str | dict[str, Any]
 UnaryHandler = Callable[[dict[str, Any], "RequestContext"], Awaitable[dict[str, Any]]]
 StreamHandler = Callable[[dict[str, Any], "RequestContext"], AsyncIterator[Chunk]]
+H = TypeVar("H", bound=UnaryHandler | StreamHandler)
 _MAX_CREDIT = STREAM_WINDOW * 64
 
 
@@ -132,6 +133,10 @@ class _Credits:
                 raise RpcError(ErrorCode.FLOW_CONTROL, "consumer stopped reading") from exc
 
 
+class _PeerGone(Exception):
+    """Sending to the consumer failed: its socket is closed."""
+
+
 @dataclass(slots=True, eq=False)
 class _Inflight:
     sender: str
@@ -185,14 +190,17 @@ class RpcServer:
 
     # -- registration -------------------------------------------------------------------------
 
-    def method(self, name: str, *, stream: bool | None = None) -> Callable[[Any], Any]:
+    def method(self, name: str, *, stream: bool | None = None) -> Callable[[H], H]:
         """Decorator: an ``async def`` handler returns a dict; an async generator streams."""
 
-        def register(fn: Any) -> Any:
+        def register(fn: H) -> H:
             is_stream = inspect.isasyncgenfunction(fn) if stream is None else stream
             self._unary.pop(name, None)
             self._streams.pop(name, None)
-            (self._streams if is_stream else self._unary)[name] = fn
+            if is_stream:
+                self._streams[name] = fn  # type: ignore[assignment]
+            else:
+                self._unary[name] = fn  # type: ignore[assignment]
             return fn
 
         return register
@@ -376,14 +384,18 @@ class RpcServer:
                     sealed = cipher.seal(_as_bytes(item), prefix + seq.to_bytes(8, "big"))
                     digest.update(len(sealed).to_bytes(4, "big"))
                     digest.update(sealed)
-                    await send(chunk_text(id_json, seq, base64.b64encode(sealed).decode()))
+                    try:
+                        await send(chunk_text(id_json, seq, base64.b64encode(sealed).decode()))
+                    except ConnectionError as exc:
+                        raise _PeerGone from exc
                     seq += 1
             finally:
-                await gen.aclose()
+                if isinstance(gen, AsyncGenerator):  # stop the backend read promptly
+                    await gen.aclose()
             result = {**ctx.trailer, "chunks": seq, "digest": "0x" + digest.hexdigest()}
             frame = result_frame(rid, result, ctx.nonce)
-        except ConnectionError:
-            return  # the socket is gone; nobody to tell
+        except _PeerGone:
+            return  # our socket is gone; nobody to tell (a handler's ConnectionError is not this)
         except RpcError as exc:
             data = {**(exc.data or {}), "chunks": seq}
             frame = error_frame(rid, RpcError(exc.code, exc.message, data), ctx.nonce)

@@ -22,7 +22,7 @@ from typing import Any
 import coincurve
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 
 from .canonical import CanonicalJsonError, canonical_json
 from .errors import ErrorCode, RpcError
@@ -38,7 +38,8 @@ try:  # C keccak (safe-pysha3, an eth-hash backend): ~2 µs a call against ~7 µ
 
     def keccak256(data: bytes) -> bytes:
         """Ethereum's keccak-256 (not NIST SHA3-256)."""
-        return _keccak_256(data).digest()
+        digest: bytes = _keccak_256(data).digest()
+        return digest
 
 except ImportError:  # pragma: no cover - same digest, pycryptodome's per-call overhead
     from Crypto.Hash import keccak as _keccak

@@ -89,6 +89,12 @@ def register_test_methods(server: RpcServer) -> HandlerState:
         yield b"two"
         raise RpcError(ErrorCode.BACKEND_ERROR, "backend returned 500")
 
+    @server.method("test.backend_down")
+    async def backend_down(params: dict[str, Any], ctx: RequestContext) -> AsyncIterator[bytes]:
+        ctx.use_peer_key(params["key"])
+        yield b"partial"
+        raise ConnectionRefusedError("backend at 127.0.0.1:1 refused")
+
     return state
 
 

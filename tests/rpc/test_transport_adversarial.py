@@ -180,7 +180,18 @@ async def test_chunk_from_another_request_fails_decryption(
     assert err.value.code is ErrorCode.DECRYPTION_FAILED
 
 
-async def test_injected_unsigned_error_is_bad_signature(
+async def test_garbled_chunk_encoding_is_decryption_failed(
+        scripted: Callable[[Script], Awaitable[str]], consumer: Signer,
+        provider: Signer) -> None:
+    async def garble(request: dict[str, Any], ws: web.WebSocketResponse) -> None:
+        await ws.send_str(chunk_text(json.dumps(request["id"]), 0, "not*base64"))
+
+    with pytest.raises(RpcError) as err:
+        await run_stream(await scripted(garble), consumer, provider)
+    assert err.value.code is ErrorCode.DECRYPTION_FAILED
+
+
+async def test_error_signed_by_a_stranger_is_bad_signature(
         scripted: Callable[[Script], Awaitable[str]], consumer: Signer,
         provider: Signer, stranger: Signer) -> None:
     async def inject(request: dict[str, Any], ws: web.WebSocketResponse) -> None:

@@ -139,6 +139,16 @@ async def test_gap_between_stream_frames_times_out(
                 pass
 
 
+async def test_a_steady_stream_outlasting_frame_timeout_in_total_is_fine(
+        live: LiveServer, consumer: Signer, provider: Signer) -> None:
+    key = SessionKey.generate()
+    async with RpcClient(live.endpoint, consumer, provider.address, frame_timeout=0.3) as rpc:
+        cipher = await rpc.cipher_for(key)
+        stream = rpc.stream("test.count", {"key": key.public_key_hex, "n": 10,
+                                           "delay_ms": 100}, cipher=cipher)
+        assert len([chunk async for chunk in stream]) == 10
+
+
 async def test_closed_client_refuses_new_requests(client: RpcClient) -> None:
     await client.ping()
     await client.close()

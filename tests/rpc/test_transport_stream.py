@@ -88,6 +88,14 @@ async def test_error_mid_stream_is_signed_and_says_how_many_chunks_came(
     assert err.value.code is ErrorCode.BACKEND_ERROR and err.value.data == {"chunks": 2}
 
 
+async def test_a_handlers_own_connection_error_still_ends_the_stream_with_an_error(
+        client: RpcClient, session_key: SessionKey) -> None:
+    """Not mistaken for the consumer's socket closing: the consumer is told, not left hanging."""
+    with pytest.raises(RpcError) as err:
+        await collect(client, "test.backend_down", {}, session_key)
+    assert err.value.code is ErrorCode.INTERNAL and err.value.data == {"chunks": 1}
+
+
 async def test_stream_handler_must_choose_a_key_before_yielding(
         client: RpcClient, session_key: SessionKey) -> None:
     with pytest.raises(RpcError) as err:

@@ -1,0 +1,133 @@
+"""Chat completions through a paid session, with failover before the first token.
+
+A request resolves its model (on-chain name or id), takes an open session for
+it (or opens one), and streams ``session.prompt``. Until the first chunk has
+arrived nothing has reached the client, so a provider that is unreachable,
+refuses, or stays silent past ``first_token_timeout`` is dropped: its session
+is closed (refunding the unused stake) and the next-rated bid is tried. The
+client sees one answer, or one clear error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from proxy_router.chain.index import MarketIndex
+from proxy_router.consumer.errors import ApiError
+from proxy_router.consumer.schemas import ChatRequest
+from proxy_router.consumer.sessions import ConsumerSession, SessionManager
+from proxy_router.rpc import ErrorCode, RpcError, RpcStream, RpcUnavailable
+
+log = structlog.get_logger(__name__)
+
+# Errors that say "this provider cannot serve now" rather than "your request is wrong".
+FAILOVER_CODES = {ErrorCode.BACKEND_UNAVAILABLE, ErrorCode.NO_CAPACITY, ErrorCode.INTERNAL,
+                  ErrorCode.BACKEND_ERROR}
+# Errors that say "this session is over": open a new one with the same provider list.
+SESSION_OVER_CODES = {ErrorCode.SESSION_EXPIRED, ErrorCode.SESSION_CLOSED}
+MAX_ATTEMPTS = 3
+
+
+@dataclass
+class Reply:
+    """A started answer: the first chunk (already received) and the rest."""
+
+    session: ConsumerSession
+    stream: RpcStream
+    first: bytes
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield self.first
+        async for chunk in self.stream:
+            yield chunk
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        result = self.stream.result or {}
+        return result.get("usage")
+
+
+class ChatService:
+    def __init__(self, sessions: SessionManager, index: MarketIndex, *,
+                 session_duration: int, failover: bool, first_token_timeout: float) -> None:
+        self.sessions = sessions
+        self.index = index
+        self.session_duration = session_duration
+        self.failover = failover
+        self.first_token_timeout = first_token_timeout
+
+    def resolve_model(self, name: str) -> dict[str, Any]:
+        model = self.index.find_model(name)
+        if model is None or model.get("isDeleted"):
+            raise ApiError(404, "model_not_found",
+                           f"The model `{name}` does not exist on the marketplace",
+                           param="model")
+        return model
+
+    async def start(self, req: ChatRequest, session_id: str | None) -> Reply:
+        """Send the prompt and wait for its first chunk, failing over when allowed."""
+        model_id = self.resolve_model(req.model)["id"]
+        payload = json.dumps(req.upstream_body()).encode()
+        explicit = self._explicit_session(session_id, model_id) if session_id else None
+        exclude: set[str] = set()
+        last_error = "no attempt made"
+        for _ in range(MAX_ATTEMPTS):
+            session = explicit or await self.sessions.session_for_model(
+                model_id, self.session_duration, exclude)
+            try:
+                return await self._attempt(session, payload)
+            except RpcError as exc:
+                last_error = f"{session.provider}: {exc.code}: {exc.message}"
+                if explicit is not None or exc.code not in FAILOVER_CODES | SESSION_OVER_CODES:
+                    raise ApiError.from_rpc(exc) from None
+                if exc.code in SESSION_OVER_CODES:
+                    session.status = "closed"
+                    continue
+            except (RpcUnavailable, TimeoutError) as exc:
+                last_error = f"{session.provider}: {type(exc).__name__}: {exc}"
+                if explicit is not None:
+                    raise ApiError(503, "provider_unavailable", last_error,
+                                   type_="api_error") from None
+            if not self.failover:
+                raise ApiError(503, "provider_unavailable", last_error, type_="api_error")
+            log.warning("failover", session=session.session_id, provider=session.provider,
+                        reason=last_error)
+            exclude.add(session.provider.lower())
+            asyncio.create_task(self.sessions.discard(session))  # noqa: RUF006 - logged inside
+        raise ApiError(503, "no_provider_available",
+                       f"no provider could serve the request; last error: {last_error}",
+                       type_="api_error")
+
+    def _explicit_session(self, session_id: str, model_id: str) -> ConsumerSession:
+        session = self.sessions.sessions.get(session_id.lower())
+        if session is None or session.status != "open":
+            raise ApiError(404, "session_not_found",
+                           f"no open session {session_id} of this wallet", param="session_id")
+        if session.model_id.lower() != model_id.lower():
+            raise ApiError(400, "session_model_mismatch",
+                           f"session {session_id} is for model {session.model_id}",
+                           param="model")
+        return session
+
+    async def _attempt(self, session: ConsumerSession, payload: bytes) -> Reply:
+        client = self.sessions.pool.get(session.endpoint, session.provider)
+        cipher = await client.cipher_for(session.key)
+        stream = client.stream("session.prompt",
+                               {"sessionId": session.session_id,
+                                "key": session.key.public_key_hex},
+                               cipher=cipher, payload=payload)
+        try:
+            async with asyncio.timeout(self.first_token_timeout):
+                first = await stream.__anext__()
+        except StopAsyncIteration:
+            raise RpcError(ErrorCode.BACKEND_ERROR, "provider sent an empty answer") from None
+        except BaseException:
+            await stream.aclose()
+            raise
+        return Reply(session, stream, first)

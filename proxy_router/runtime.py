@@ -1,0 +1,176 @@
+"""Assemble and run a router: store, chain client, market index, role services.
+
+``Router.create(role, settings)`` builds everything and ``start``/``stop`` run
+it, so the CLI, the devnet script and the tests start routers the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from proxy_router.chain.client import ChainClient
+from proxy_router.chain.errors import ChainError, ChainUnavailable
+from proxy_router.chain.index import MarketIndex
+from proxy_router.chain.marketplace import Marketplace
+from proxy_router.config import Settings, split_host_port
+from proxy_router.store.db import Store
+
+log = structlog.get_logger(__name__)
+
+
+class ConfigurationError(Exception):
+    """Settings that parse but cannot work (missing models file, wrong chain...)."""
+
+
+async def connect_chain(settings: Settings, *, retry_s: float = 2.0,
+                        attempts: int | None = None) -> ChainClient:
+    """Connect, waiting for the chain when it is down (a router must not crash on it)."""
+    n = 0
+    while True:
+        try:
+            return await ChainClient.connect(settings.rpc_urls, settings.private_key,
+                                             chain_id=settings.eth_node_chain_id)
+        except ChainUnavailable as exc:
+            n += 1
+            if attempts is not None and n >= attempts:
+                raise
+            log.warning("chain_unreachable_retrying", error=str(exc), retry_in_s=retry_s)
+            await asyncio.sleep(retry_s)
+        except ChainError as exc:
+            raise ConfigurationError(str(exc)) from None
+
+
+@dataclass
+class Router:
+    role: str
+    settings: Settings
+    store: Store
+    client: ChainClient
+    market: Marketplace
+    index: MarketIndex
+    http: aiohttp.ClientSession
+    runners: list[web.AppRunner] = field(default_factory=list)
+    closers: list[Any] = field(default_factory=list)
+    bound_port: int = 0
+
+    @classmethod
+    async def create(cls, role: str, settings: Settings) -> Router:
+        if role == "provider" and settings.models_config_path is None:
+            raise ConfigurationError("MODELS_CONFIG_PATH is required for the provider role")
+        store = await Store.open(settings.proxy_storage_path, role)
+        client = await connect_chain(settings)
+        market = Marketplace(client, settings.marketplace_address, settings.mor_token_address)
+        index = MarketIndex(client, settings.marketplace_address, store,
+                            poll_interval=settings.eth_node_polling_interval,
+                            confirmations=settings.eth_node_confirmations)
+        return cls(role, settings, store, client, market, index, aiohttp.ClientSession())
+
+    async def start(self) -> None:
+        await self.index.start()
+        if self.role == "provider":
+            await self._start_provider()
+        else:
+            await self._start_consumer()
+
+    async def _serve(self, app: web.Application, address: str) -> int:
+        host, port = split_host_port(address)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self.runners.append(runner)
+        sockets = getattr(site._server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def _start_provider(self) -> None:
+        from proxy_router.provider.backend import BackendTimeouts
+        from proxy_router.provider.llama import EmbeddedLlamaServer
+        from proxy_router.provider.models_config import (
+            ModelsConfigError,
+            load_models_config,
+            normalize_model_id,
+        )
+        from proxy_router.provider.node import ProviderNode
+        from proxy_router.rpc import RpcServer, Signer
+
+        assert self.settings.models_config_path is not None
+        try:
+            models = load_models_config(self.settings.models_config_path)
+        except (ModelsConfigError, OSError) as exc:
+            raise ConfigurationError(f"MODELS_CONFIG_PATH: {exc}") from None
+        urls: dict[str, str] = {}
+        for model in models.models:
+            if model.embedded:
+                server = EmbeddedLlamaServer.from_config(model)
+                log.info("starting_embedded_llama", model=model.model_name, gguf=str(model.gguf))
+                urls[normalize_model_id(model.model_id)] = await server.start()
+                self.closers.append(server.stop)
+            else:
+                assert model.api_url is not None
+                urls[normalize_model_id(model.model_id)] = model.api_url
+        signer = Signer.from_key(self.settings.private_key)
+        node = ProviderNode(
+            account=signer.account, market=self.market, index=self.index, models=models,
+            backend_urls=urls, store=self.store, http=self.http,
+            backend_timeouts=BackendTimeouts(total=self.settings.backend_timeout_s))
+        server = RpcServer(signer)
+        node.register(server)
+        app = web.Application()
+        server.add_routes(app)
+        self.bound_port = await self._serve(app, self.settings.proxy_address)
+        log.info("provider_listening", address=self.settings.proxy_address,
+                 provider=signer.address, models=[m.model_name for m in models.models])
+
+    async def _start_consumer(self) -> None:
+        from proxy_router.consumer.api import ConsumerApi
+        from proxy_router.consumer.chat import ChatService
+        from proxy_router.consumer.sessions import SessionManager
+        from proxy_router.rpc import RpcPool, Signer
+
+        signer = Signer.from_key(self.settings.private_key)
+        pool = RpcPool(signer, connect_timeout=self.settings.mor_rpc_connect_timeout_s,
+                       first_frame_timeout=self.settings.first_token_timeout_s)
+        self.closers.append(pool.close)
+        sessions = SessionManager(account=signer.account, market=self.market, index=self.index,
+                                  store=self.store, pool=pool, allowlist=self.settings.allowlist)
+        await sessions.load()
+        chat = ChatService(sessions, self.index,
+                           session_duration=self.settings.session_duration_s,
+                           failover=self.settings.failover_enabled,
+                           first_token_timeout=self.settings.first_token_timeout_s)
+        api = ConsumerApi(sessions, chat)
+        self.bound_port = await self._serve(api.app(), self.settings.web_address)
+        log.info("consumer_listening", address=self.settings.web_address, user=signer.address)
+
+    async def stop(self) -> None:
+        for runner in reversed(self.runners):
+            await runner.cleanup()
+        await self.index.stop()
+        for close in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                await close()
+        await self.http.close()
+        await self.client.close()
+        await self.store.close()
+
+
+async def run_router(role: str, settings: Settings) -> None:
+    router = await Router.create(role, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await router.start()
+        await stop.wait()
+    finally:
+        log.info("shutting_down", role=role)
+        await router.stop()
