@@ -26,9 +26,9 @@ from proxy_router.rpc import ErrorCode, RpcError, RpcStream, RpcUnavailable
 
 log = structlog.get_logger(__name__)
 
-# Errors that say "this provider cannot serve now" rather than "your request is wrong".
-FAILOVER_CODES = {ErrorCode.BACKEND_UNAVAILABLE, ErrorCode.NO_CAPACITY, ErrorCode.INTERNAL,
-                  ErrorCode.BACKEND_ERROR}
+# Errors that say "this provider is broken" rather than "your request is wrong" or
+# "busy right now" (NO_CAPACITY is a 429 for the client: the session stays good).
+FAILOVER_CODES = {ErrorCode.BACKEND_UNAVAILABLE, ErrorCode.INTERNAL}
 # Errors that say "this session is over": open a new one with the same provider list.
 SESSION_OVER_CODES = {ErrorCode.SESSION_EXPIRED, ErrorCode.SESSION_CLOSED}
 MAX_ATTEMPTS = 3

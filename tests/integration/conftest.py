@@ -1,0 +1,113 @@
+"""Whole-stack fixtures: real anvil, real contracts, real routers as processes.
+
+``devnet`` runs llama.cpp with the real SmolLM2-135M model (the paid path);
+``mock_devnet`` runs the same routers in front of a MOCK OpenAI backend that a
+test can stop or slow down, for failure cases the real model cannot produce on
+demand. Each is torn down with every process it started.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from proxy_router.chain.client import ChainClient
+from proxy_router.chain.marketplace import Marketplace
+from proxy_router.devnet import Devnet, DevnetState, stop_pid
+from proxy_router.testing.ports import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetState]:
+    net = Devnet(tmp_path_factory.mktemp("devnet"), progress=lambda _: None)
+    state = net.up()
+    try:
+        yield state
+    finally:
+        net.down()
+
+
+@dataclass
+class MockBackend:
+    """A MOCK OpenAI server in its own process, so tests can kill it."""
+
+    port: int
+    args: list[str]
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> MockBackend:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "proxy_router.testing.mock_openai", "--port",
+             str(self.port), *self.args], start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.url + "/models", timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError("mock backend did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_pid(self.process.pid)
+            self.process = None
+
+
+@dataclass
+class MockDevnet:
+    state: DevnetState
+    backend: MockBackend
+    net: Devnet
+
+
+@pytest.fixture(scope="module")
+def mock_devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockDevnet]:
+    backend = MockBackend(free_port(), ["--tokens", "12", "--token-delay", "0.01"]).start()
+    net = Devnet(tmp_path_factory.mktemp("mock-devnet"), progress=lambda _: None)
+    try:
+        state = net.up(backend_url=backend.url, concurrent_slots=1,
+                       extra_router_env={"FIRST_TOKEN_TIMEOUT_S": "5"})
+        yield MockDevnet(state, backend, net)
+    finally:
+        net.down()
+        backend.stop()
+
+
+async def market_for(state: DevnetState, key: str | None = None) -> Marketplace:
+    client = await ChainClient.connect(state.rpc_url, key)
+    return Marketplace(client, state.marketplace_address, state.mor_token_address)
+
+
+@pytest.fixture
+async def reader(devnet: DevnetState) -> AsyncIterator[Marketplace]:
+    market = await market_for(devnet)
+    try:
+        yield market
+    finally:
+        await market.client.close()
+
+
+async def mor_holdings(market: Marketplace, state: DevnetState) -> dict[str, int]:
+    """MOR of every party the marketplace can move money between."""
+    return {name: await market.mor_balance(addr) for name, addr in {
+        "user": state.user_address, "provider": state.provider_address,
+        "marketplace": state.marketplace_address, "fee_recipient": state.fee_recipient}.items()}
+
+
+def logs_of(state: DevnetState, name: str) -> str:
+    return (Path(state.root) / f"{name}.log").read_text(errors="replace")
