@@ -29,6 +29,7 @@ from web3.exceptions import (
     TimeExhausted,
     Web3RPCError,
 )
+from web3.providers.persistent import WebSocketProvider
 from web3.providers.rpc import AsyncHTTPProvider
 
 from proxy_router.chain.artifacts import error_selectors, event_topics, load_artifact
@@ -151,6 +152,8 @@ class ChainClient:
         self._nonce: int | None = None
         self._send_lock = asyncio.Lock()
         self._contracts: dict[tuple[str, str], AsyncContract] = {}
+        self.ws_url: str | None = None
+        """A ws:// URL from the configuration, for new-head subscriptions."""
 
     @classmethod
     async def connect(
@@ -163,13 +166,26 @@ class ChainClient:
         fees: FeePolicy | None = None,
     ) -> ChainClient:
         urls = [u.strip() for u in rpc_urls.split(",")] if isinstance(rpc_urls, str) else rpc_urls
-        w3 = AsyncWeb3(FallbackHTTPProvider([u for u in urls if u], timeout=timeout))
+        http_urls = [u for u in urls if u.startswith(("http://", "https://"))]
+        ws_urls = [u for u in urls if u.startswith(("ws://", "wss://"))]
+        if http_urls:
+            w3 = AsyncWeb3(FallbackHTTPProvider(http_urls, timeout=timeout))
+        elif ws_urls:
+            w3 = AsyncWeb3(WebSocketProvider(ws_urls[0]))
+            try:
+                await w3.provider.connect()
+            except (*TRANSIENT_ERRORS, Exception) as exc:
+                raise ChainUnavailable(f"cannot connect to {_redact(ws_urls[0])}: {exc}") from exc
+        else:
+            raise ChainError("no http(s):// or ws(s):// RPC URL configured")
         actual = await cls._guard(w3.eth.chain_id)
         if chain_id is not None and actual != chain_id:
             await w3.provider.disconnect()
             raise ChainError(f"RPC reports chain id {actual}, configuration says {chain_id}")
         account = Account.from_key(private_key) if private_key else None
-        return cls(w3, actual, account, fees)
+        client = cls(w3, actual, account, fees)
+        client.ws_url = ws_urls[0] if ws_urls else None
+        return client
 
     async def close(self) -> None:
         await self.w3.provider.disconnect()

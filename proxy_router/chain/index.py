@@ -16,6 +16,8 @@ from typing import Any
 
 import structlog
 from eth_utils import to_checksum_address
+from web3 import AsyncWeb3
+from web3.providers.persistent import WebSocketProvider
 
 from proxy_router.chain.artifacts import event_topics
 from proxy_router.chain.client import ChainClient
@@ -71,6 +73,8 @@ class MarketIndex:
         self.last_error: str | None = None
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
+        self._heads: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
         self._updated = asyncio.Condition()
         self._topics = {topic: name for topic, name in event_topics("Marketplace").items()}
 
@@ -90,13 +94,17 @@ class MarketIndex:
         with contextlib.suppress(ChainError):
             await self.poll_once()
         self._task = asyncio.create_task(self._run(), name="market-index")
+        if self.client.ws_url:
+            self._heads = asyncio.create_task(self._follow_heads(self.client.ws_url),
+                                              name="market-index-heads")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._heads):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._heads = None
 
     def subscribe(self, listener: Listener) -> None:
         """``listener(event_name, args)`` runs for every new Marketplace event."""
@@ -114,7 +122,25 @@ class MarketIndex:
             except Exception as exc:
                 log.exception("index_poll_crashed")
                 self.last_error = f"{type(exc).__name__}: {exc}"
-            await asyncio.sleep(self.poll_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            self._wake.clear()
+
+    async def _follow_heads(self, url: str) -> None:
+        """Wake the poller on every new block (ws:// URLs): lower latency than the
+        polling interval, while ``eth_getLogs`` from the checkpoint stays the one
+        source of truth, so a dropped subscription can never lose an event."""
+        while True:
+            try:
+                async with AsyncWeb3(WebSocketProvider(url)) as w3:
+                    await w3.eth.subscribe("newHeads")
+                    async for _ in w3.socket.process_subscriptions():
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("head_subscription_lost", error=str(exc))
+            await asyncio.sleep(max(1.0, self.poll_interval))
 
     # -- folding -----------------------------------------------------------
 

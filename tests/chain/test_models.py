@@ -84,6 +84,14 @@ async def test_register_model_rejects_a_stake_below_the_minimum(provider: Market
         await register_model(provider, stake=MODEL_STAKE - 1)
 
 
+async def test_register_model_rejects_a_stake_that_would_overflow_uint128(
+    provider: Marketplace,
+) -> None:
+    with reverts("AmountTooLarge", amount=2**128):
+        await provider.client.transact(provider.contract, "modelRegister",
+                                       random_base_model_id(), b"\x00" * 32, 2**128, "m", [])
+
+
 async def test_register_model_rejects_an_empty_name(provider: Marketplace) -> None:
     with reverts("EmptyModelName"):
         await register_model(provider, name="")

@@ -116,6 +116,16 @@ async def test_open_session_accepts_the_session_duration_bounds_themselves(
     assert long["endsAt"] - long["openedAt"] == 7 * DAY
 
 
+async def test_open_session_accepts_a_signature_with_a_0_or_1_recovery_id(
+    provider: Marketplace, user: Marketplace, offer: Offer,
+) -> None:
+    approval, signature = await sign_approval(provider, offer.bid_id, addr(user))
+    assert signature[64] in (27, 28)
+    session_id, _ = await user.open_session(ONE_HOUR_STAKE, approval,
+                                            signature[:64] + bytes([signature[64] - 27]))
+    assert (await user.get_session(session_id))["openedAt"] != 0
+
+
 async def test_open_session_rejects_an_approval_signed_by_someone_other_than_the_provider(
     other: Marketplace, user: Marketplace, offer: Offer,
 ) -> None:

@@ -11,6 +11,7 @@ from proxy_router.testing.anvil import dev_address
 
 from .helpers import (
     DAY,
+    FEE_RECIPIENT,
     MOR,
     OTHER,
     PRICE,
@@ -29,6 +30,31 @@ from .helpers import (
 
 U96_MAX = 2**96 - 1
 U32_MAX = 2**32 - 1
+
+async def test_deployment_starts_with_the_documented_parameters(chain: ChainHandle,
+                                                                 owner: Marketplace) -> None:
+    expected = {
+        "providerMinStake": 2 * MOR // 10, "modelMinStake": MOR // 10, "bidFee": 3 * MOR // 10,
+        "minPricePerSecond": 10**10, "maxPricePerSecond": 10**20, "approvalTtl": 600,
+        "minSessionDuration": 300, "maxSessionDuration": 7 * DAY, "disputeWindow": DAY,
+        "APPROVAL_FUTURE_TOLERANCE": 60,
+    }
+    assert {name: await owner.param(name) for name in expected} == expected
+    call = owner.client.call
+    assert await call(owner.contract, "owner") == addr(owner)
+    assert await call(owner.contract, "feeRecipient") == dev_address(FEE_RECIPIENT)
+    assert await call(owner.contract, "morToken") == chain.deployment.mor_token_address
+
+
+async def test_deployment_rejects_a_zero_token_address(owner: Marketplace) -> None:
+    with reverts("ZeroAddress"):
+        await owner.client.deploy("Marketplace", "0x" + "00" * 20, dev_address(FEE_RECIPIENT))
+
+
+async def test_deployment_rejects_a_zero_fee_recipient(owner: Marketplace) -> None:
+    with reverts("ZeroAddress"):
+        await owner.client.deploy("Marketplace", owner.token.address, "0x" + "00" * 20)
+
 
 # setter, arguments, event, {event field / public getter: value}
 SETTERS: list[tuple[str, tuple[Any, ...], str, dict[str, Any]]] = [

@@ -42,6 +42,15 @@ async def test_register_provider_rejects_a_stake_below_the_minimum(provider: Mar
         await provider.register_provider(MIN_STAKE - 1, "10.0.0.1:3333")
 
 
+async def test_register_provider_rejects_a_stake_that_would_overflow_uint128(
+    provider: Marketplace,
+) -> None:
+    await provider.register_provider(PROVIDER_STAKE, "10.0.0.1:3333")
+    too_much = 2**128 - PROVIDER_STAKE
+    with reverts("AmountTooLarge", amount=too_much):
+        await provider.client.transact(provider.contract, "providerRegister", too_much, "h:1")
+
+
 async def test_register_provider_rejects_an_empty_endpoint(provider: Marketplace) -> None:
     with reverts("EmptyEndpoint"):
         await provider.register_provider(PROVIDER_STAKE, "")

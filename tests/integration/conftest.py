@@ -8,19 +8,24 @@ demand. Each is torn down with every process it started.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from proxy_router.chain.client import ChainClient
 from proxy_router.chain.marketplace import Marketplace
+from proxy_router.config import Settings
 from proxy_router.devnet import Devnet, DevnetState, stop_pid
+from proxy_router.runtime import Router
 from proxy_router.testing.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -111,3 +116,48 @@ async def mor_holdings(market: Marketplace, state: DevnetState) -> dict[str, int
 
 def logs_of(state: DevnetState, name: str) -> str:
     return (Path(state.root) / f"{name}.log").read_text(errors="replace")
+
+
+@dataclass
+class InProcessConsumer:
+    """A consumer router for another wallet, running in the test's event loop."""
+
+    router: Router
+    address: str
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.router.bound_port}"
+
+    @property
+    def url(self) -> str:
+        return self.base + "/v1"
+
+
+@asynccontextmanager
+async def consumer_router(state: DevnetState, private_key: str, storage: Path,
+                          **settings: object) -> AsyncIterator[InProcessConsumer]:
+    """Start a consumer for ``private_key`` against ``state``'s chain; stop it on exit.
+
+    Returns once its market index lists the devnet's model, like the devnet's own consumer.
+    """
+    router = await Router.create("consumer", Settings(
+        eth_node_address=state.rpc_url, eth_node_chain_id=state.chain_id,
+        wallet_private_key=private_key, marketplace_address=state.marketplace_address,
+        mor_token_address=state.mor_token_address, web_address=f"127.0.0.1:{free_port()}",
+        proxy_storage_path=storage, eth_node_polling_interval=0.5,
+        **{"first_token_timeout_s": 5.0, **settings}))
+    try:
+        await router.start()
+        consumer = InProcessConsumer(router, router.client.address)
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                async with http.get(consumer.url + "/models") as resp:
+                    if any(m["id"] == state.model_name for m in (await resp.json())["data"]):
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise TimeoutError("in-process consumer did not index the model")
+        yield consumer
+    finally:
+        await router.stop()
