@@ -12,8 +12,7 @@ provider → HTTP → mock) so drift on this noisy box hits both sides alike.
 Scenarios, each direct vs routed:
 - no-delay mock (the saturated case): concurrency 1 (TTFT p50/p99) and 64 streams;
 - paced mock (``--token-delay`` 20 ms = 50 tokens/s per stream, like a GPU server):
-  concurrency 1 and 64 streams. The mock is restarted on the same port between the
-  two, so one devnet serves both.
+  concurrency 1 and 64 streams. Each mock setting gets its own fresh devnet.
 
 Figures (DESIGN.md §6 targets):
 - added TTFT = routed p50 − direct p50 (request start → first ``data:`` chunk with
@@ -335,30 +334,31 @@ async def run_phase(state: DevnetState, mock: MockBackend, args: argparse.Namesp
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """One fresh mock + devnet per phase (no-delay, then paced), each stopped after it."""
     root = Path(tempfile.mkdtemp(prefix="overhead-bench-"))
-    port = free_port()
-    mock = MockBackend(port, args.nodelay_tokens, 0.0, root / "mock.log")
-    devnet = Devnet(root / "devnet", progress=lambda m: say(f"  devnet {m}"))
+    phases = [(False, args.nodelay_tokens, 0.0)] if not args.skip_nodelay else []
+    if not args.skip_paced:
+        phases.append((True, args.paced_tokens, args.token_delay))
     results: list[dict[str, Any]] = []
     started = time.monotonic()
     try:
-        say(f"MOCK OpenAI backend (no delay, {args.nodelay_tokens} tokens) on 127.0.0.1:{port}")
-        mock.start()
-        state = devnet.up(backend_url=mock.base_url, concurrent_slots=2 * args.concurrency)
-        say(f"devnet up in {time.monotonic() - started:.1f} s; consumer {state.consumer_url}")
-        if not args.skip_nodelay:
-            results += asyncio.run(run_phase(state, mock, args, paced=False))
-        if not args.skip_paced:
-            mock.stop()
-            mock = MockBackend(port, args.paced_tokens, args.token_delay, root / "mock.log")
-            say(f"MOCK backend restarted paced: {args.paced_tokens} tokens, one per "
-                f"{args.token_delay * 1e3:g} ms")
-            mock.start()
-            results += asyncio.run(run_phase(state, mock, args, paced=True))
+        for paced, tokens, delay in phases:
+            name = "paced" if paced else "nodelay"
+            port = free_port()
+            mock = MockBackend(port, tokens, delay, root / f"mock-{name}.log")
+            devnet = Devnet(root / f"devnet-{name}", progress=lambda m: say(f"  devnet {m}"))
+            try:
+                say(f"MOCK OpenAI backend on 127.0.0.1:{port}: {tokens} tokens, "
+                    + (f"one per {delay * 1e3:g} ms" if delay else "no delay"))
+                mock.start()
+                state = devnet.up(backend_url=mock.base_url,
+                                  concurrent_slots=2 * args.concurrency)
+                results += asyncio.run(run_phase(state, mock, args, paced=paced))
+            finally:
+                say("  stopping the routers, anvil and the mock")
+                Devnet.down_pids(devnet.pids)
+                mock.stop()
     finally:
-        say("stopping routers, anvil and the mock")
-        Devnet.down_pids(devnet.pids)
-        mock.stop()
         if args.keep:
             say(f"logs kept in {root}")
         else:
