@@ -98,3 +98,19 @@ async def test_closing_a_session_settles_it_to_the_wei(devnet: DevnetState,
     assert sum(after.values()) == sum(before.values())
     stats = await reader.get_stats(devnet.provider_address, devnet.model_id)
     assert stats["successCount"] >= 1 and stats["completionTokensSum"] > 0
+
+
+async def test_provider_capabilities_report_models_and_hardware(devnet: DevnetState):
+    from proxy_router.rpc import RpcClient, Signer
+    from proxy_router.testing.anvil import dev_key
+
+    async with RpcClient(devnet.provider_endpoint, Signer.from_key(dev_key(2)),
+                         devnet.provider_address) as client:
+        caps = await client.call("provider.capabilities", {})
+        pong = await client.ping()
+    assert caps["address"] == devnet.provider_address
+    assert [m["modelId"] for m in caps["models"]] == [devnet.model_id]
+    hardware = caps["hardware"]
+    assert isinstance(hardware["gpus"], list)  # no GPU here: an empty list, not an error
+    assert hardware["cpu"]["count"] >= 1
+    assert "version" in pong
