@@ -32,7 +32,7 @@ from proxy_router.provider.backend import (
     UsageMeter,
     estimate_prompt_tokens,
 )
-from proxy_router.provider.capacity import CapacityManager, NoCapacity
+from proxy_router.provider.capacity import APPROVAL_TTL_SECONDS, CapacityManager, NoCapacity
 from proxy_router.provider.hardware import detect_hardware
 from proxy_router.provider.models_config import ModelsConfig, normalize_model_id
 from proxy_router.rpc import ErrorCode, RequestContext, RpcError, RpcServer
@@ -76,6 +76,7 @@ class ProviderNode:
             for m in models.models
         }
         self._sessions: dict[str, dict[str, Any]] = {}
+        self._issued: dict[tuple[str, str], set[int]] = {}
         index.subscribe(self._on_event)
 
     # -- wiring ----------------------------------------------------------------
@@ -119,7 +120,8 @@ class ProviderNode:
         if ctx.sender.lower() == self.address.lower():
             raise RpcError(ErrorCode.BAD_REQUEST, "a provider cannot open a session on itself")
         approval = Approval(bytes.fromhex(bid_id[2:]), self.market.client.chain_id,
-                            to_checksum_address(ctx.sender), self.chain_now()).encode()
+                            to_checksum_address(ctx.sender),
+                            self._approval_time(ctx.sender, bid_id)).encode()
         try:
             self.capacity.reserve_approval(model_id, "0x" + keccak(approval).hex())
         except NoCapacity as exc:
@@ -129,6 +131,22 @@ class ProviderNode:
                 "approvalSig": "0x" + sign_blob(self.account, approval).hex(),
                 "bidId": bid_id, "modelId": model_id,
                 "pricePerSecond": str(bid["pricePerSecond"])}
+
+    def _approval_time(self, user: str, bid_id: str) -> int:
+        """A timestamp never issued before for (user, bid).
+
+        An approval has no nonce: two for the same user and bid in the same second
+        would be byte-identical, and the contract accepts an approval once. Stepping
+        back a second keeps it valid (the TTL is minutes) and unique.
+        """
+        now = self.chain_now()
+        issued = self._issued.setdefault((user.lower(), bid_id), set())
+        issued.difference_update({t for t in issued if t < now - APPROVAL_TTL_SECONDS})
+        stamp = now
+        while stamp in issued:
+            stamp -= 1
+        issued.add(stamp)
+        return stamp
 
     # -- session.prompt ---------------------------------------------------------
 
