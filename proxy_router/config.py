@@ -57,9 +57,13 @@ class Settings(BaseSettings):
     failover_enabled: bool = True
     mor_rpc_connect_timeout_s: float = Field(3.0, gt=0)
     first_token_timeout_s: float = Field(60.0, gt=0)
+    session_idle_timeout_s: int = Field(900, ge=0, description="close unused sessions; 0 = never")
+    session_sweep_interval_s: float = Field(5.0, gt=0, le=300)
 
     # Provider behaviour
     backend_timeout_s: float = Field(240.0, gt=0)
+    provider_close_grace_s: int = Field(
+        60, ge=0, description="wait this long after endsAt for the user's close first")
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"

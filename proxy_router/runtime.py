@@ -59,6 +59,7 @@ class Router:
     http: aiohttp.ClientSession
     runners: list[web.AppRunner] = field(default_factory=list)
     closers: list[Any] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
     bound_port: int = 0
 
     @classmethod
@@ -120,9 +121,12 @@ class Router:
         node = ProviderNode(
             account=signer.account, market=self.market, index=self.index, models=models,
             backend_urls=urls, store=self.store, http=self.http,
-            backend_timeouts=BackendTimeouts(total=self.settings.backend_timeout_s))
+            backend_timeouts=BackendTimeouts(total=self.settings.backend_timeout_s),
+            close_grace_s=self.settings.provider_close_grace_s)
         server = RpcServer(signer)
         node.register(server)
+        self.tasks.append(asyncio.create_task(
+            node.run_sweeper(self.settings.session_sweep_interval_s), name="sweeper"))
         app = web.Application()
         server.add_routes(app)
         self.bound_port = await self._serve(app, self.settings.proxy_address)
@@ -140,8 +144,11 @@ class Router:
                        first_frame_timeout=self.settings.first_token_timeout_s)
         self.closers.append(pool.close)
         sessions = SessionManager(account=signer.account, market=self.market, index=self.index,
-                                  store=self.store, pool=pool, allowlist=self.settings.allowlist)
+                                  store=self.store, pool=pool, allowlist=self.settings.allowlist,
+                                  idle_timeout_s=self.settings.session_idle_timeout_s)
         await sessions.load()
+        self.tasks.append(asyncio.create_task(
+            sessions.run_sweeper(self.settings.session_sweep_interval_s), name="sweeper"))
         chat = ChatService(sessions, self.index,
                            session_duration=self.settings.session_duration_s,
                            failover=self.settings.failover_enabled,
@@ -151,6 +158,10 @@ class Router:
         log.info("consumer_listening", address=self.settings.web_address, user=signer.address)
 
     async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for runner in reversed(self.runners):
             await runner.cleanup()
         await self.index.stop()

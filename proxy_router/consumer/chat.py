@@ -80,6 +80,7 @@ class ChatService:
         for _ in range(MAX_ATTEMPTS):
             session = explicit or await self.sessions.session_for_model(
                 model_id, self.session_duration, exclude)
+            self.sessions.touch(session.session_id)
             try:
                 return await self._attempt(session, payload)
             except RpcError as exc:

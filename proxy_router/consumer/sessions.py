@@ -70,21 +70,90 @@ class ConsumerSession:
 
 class SessionManager:
     def __init__(self, *, account: LocalAccount, market: Marketplace, index: MarketIndex,
-                 store: Store, pool: RpcPool, allowlist: set[str] | None = None) -> None:
+                 store: Store, pool: RpcPool, allowlist: set[str] | None = None,
+                 idle_timeout_s: int = 0) -> None:
         self.account = account
         self.market = market
         self.index = index
         self.store = store
         self.pool = pool
         self.allowlist = allowlist or None
+        self.idle_timeout_s = idle_timeout_s
         self.sessions: dict[str, ConsumerSession] = {}
+        self.last_used: dict[str, float] = {}
         self._open_lock: dict[str, asyncio.Lock] = {}
+        self._close_lock: dict[str, asyncio.Lock] = {}
         index.subscribe(self._on_event)
 
     async def load(self) -> None:
+        """Rehydrate open sessions from the store, then reconcile with the chain."""
+        now = time.time()
         for row in await self.store.consumer_sessions("open"):
             session = ConsumerSession.from_row(row)
             self.sessions[session.session_id] = session
+            self.last_used[session.session_id] = now
+        try:
+            await self.reconcile()
+        except ChainError as exc:
+            log.warning("reconcile_deferred", error=str(exc))
+
+    async def reconcile(self) -> None:
+        """Sessions the chain says are open but the store does not know (a crash
+        between ``openSession`` and the store write) are settled at once: without
+        their key they cannot be used, and their MOR must not stay in escrow.
+        Sessions the store thinks open but the chain closed are marked closed."""
+        me = self.account.address
+        offset, limit = 0, 200
+        while True:
+            ids, total = await self.market.client.call(
+                self.market.contract, "getSessionsByUser", me, offset, limit)
+            for raw in ids:
+                session_id = "0x" + bytes(raw).hex()
+                known = self.sessions.get(session_id)
+                onchain = await self.market.get_session(session_id)
+                if onchain["closed"]:
+                    if known is not None and known.status == "open":
+                        await self._mark_closed(session_id)
+                elif known is None or known.status != "open":
+                    log.warning("orphan_session_closing", session=session_id)
+                    await self.close(session_id)
+            offset += limit
+            if offset >= int(total):
+                break
+
+    def touch(self, session_id: str) -> None:
+        self.last_used[session_id] = time.time()
+
+    async def sweep(self) -> None:
+        """Close sessions whose time is up, or idle past ``idle_timeout_s``."""
+        now_chain, now = self.chain_now(), time.time()
+        for session in list(self.sessions.values()):
+            if session.status != "open":
+                continue
+            idle = now - self.last_used.get(session.session_id, now)
+            if now_chain >= session.ends_at:
+                reason = "expired"
+            elif self.idle_timeout_s and idle >= self.idle_timeout_s:
+                reason = "idle"
+            else:
+                continue
+            try:
+                result = await self.close(session.session_id)
+                log.info("session_auto_closed", reason=reason, **result)
+            except ApiError as exc:
+                log.info("session_auto_close_skipped", session=session.session_id,
+                         reason=exc.message)
+            except ChainError as exc:
+                log.warning("session_auto_close_failed", session=session.session_id,
+                            error=str(exc))
+
+    async def run_sweeper(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("session_sweep_failed")
 
     def chain_now(self) -> int:
         return max(int(time.time()), self.index.head_timestamp)
@@ -184,6 +253,7 @@ class SessionManager:
             opened_at=int(onchain["openedAt"]), ends_at=int(onchain["endsAt"]))
         await self.store.add_consumer_session(session.row())
         self.sessions[session.session_id] = session
+        self.touch(session.session_id)
         log.info("session_opened", session=session.session_id, provider=provider,
                  stake=str(stake), gas=tx.gas_used)
         return session
@@ -220,6 +290,11 @@ class SessionManager:
     async def close(self, session_id: str) -> dict[str, Any]:
         """Settle a session on chain; returns the amounts and the transaction."""
         session_id = session_id.lower()
+        lock = self._close_lock.setdefault(session_id, asyncio.Lock())
+        async with lock:  # the sweeper and a user's close must not both send a tx
+            return await self._close(session_id)
+
+    async def _close(self, session_id: str) -> dict[str, Any]:
         session = self.sessions.get(session_id)
         onchain = await self.market.get_session(session_id)
         if not onchain["openedAt"]:

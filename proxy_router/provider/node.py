@@ -8,6 +8,7 @@ user settles with, ``provider.capabilities`` describes this node.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -61,7 +62,7 @@ class ProviderNode:
     def __init__(self, *, account: LocalAccount, market: Marketplace, index: MarketIndex,
                  models: ModelsConfig, backend_urls: dict[str, str], store: Store,
                  http: aiohttp.ClientSession, backend_timeouts: BackendTimeouts | None = None,
-                 capacity: CapacityManager | None = None) -> None:
+                 capacity: CapacityManager | None = None, close_grace_s: int = 60) -> None:
         self.account = account
         self.address = account.address
         self.market = market
@@ -75,6 +76,7 @@ class ProviderNode:
                 session=http, api_key=m.api_key, timeouts=backend_timeouts)
             for m in models.models
         }
+        self.close_grace_s = close_grace_s
         self._sessions: dict[str, dict[str, Any]] = {}
         self._issued: dict[tuple[str, str], set[int]] = {}
         index.subscribe(self._on_event)
@@ -215,6 +217,12 @@ class ProviderNode:
             raise RpcError(ErrorCode.WRONG_PROVIDER, "session is with another provider")
         if session["user"].lower() != ctx.sender.lower():
             raise RpcError(ErrorCode.NOT_SESSION_USER, "session belongs to another user")
+        receipt, signature, usage = await self._signed_receipt(session_id)
+        return {"receipt": "0x" + receipt.hex(), "signature": "0x" + signature.hex(),
+                "usage": usage}
+
+    async def _signed_receipt(self, session_id: str) -> tuple[bytes, bytes, dict[str, int]]:
+        """The receipt for ``closeSession``: this session's measured usage, signed."""
         usage = await self.store.usage(session_id)
         prompts = max(1, usage["prompts"])
         receipt = Receipt(
@@ -226,9 +234,40 @@ class ProviderNode:
             prompt_tokens=usage["prompt_tokens"],
             completion_tokens=usage["completion_tokens"],
         ).encode()
-        return {"receipt": "0x" + receipt.hex(),
-                "signature": "0x" + sign_blob(self.account, receipt).hex(),
-                "usage": usage}
+        return receipt, sign_blob(self.account, receipt), usage
+
+    # -- settlement of what we are owed ----------------------------------------
+
+    async def sweep(self) -> None:
+        """Close our sessions their users left open past the grace period (we are paid
+        for the full duration), and claim disputed shares once they are released."""
+        now = self.chain_now()
+        me = self.address.lower()
+        for session_id, session in list(self.index.sessions.items()):
+            if str(session.get("provider", "")).lower() != me:
+                continue
+            try:
+                if not session["closed"] and now >= int(session["endsAt"]) + self.close_grace_s:
+                    receipt, signature, _ = await self._signed_receipt(session_id)
+                    tx = await self.market.close_session(receipt, signature)
+                    log.info("expired_session_closed", session=session_id, tx=tx.tx_hash,
+                             earned=str(tx.event("SessionSettled")["providerEarned"]))
+                elif (session["closed"] and session["held"] and not session["claimed"]
+                      and now >= int(session["releaseAt"])):
+                    tx = await self.market.claim_for_provider(session_id)
+                    log.info("disputed_share_claimed", session=session_id, tx=tx.tx_hash,
+                             amount=str(tx.event("ProviderClaimed")["amount"]))
+            except ChainError as exc:
+                # Reverts here mean the user settled first: the index catches up.
+                log.info("provider_settlement_skipped", session=session_id, error=str(exc))
+
+    async def run_sweeper(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("provider_sweep_failed")
 
     # -- provider.capabilities ---------------------------------------------------
 
