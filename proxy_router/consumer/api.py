@@ -19,7 +19,7 @@ from aiohttp import web
 from proxy_router import __version__
 from proxy_router.chain.errors import ChainError, ChainUnavailable, ContractReverted
 from proxy_router.chain.marketplace import to_bytes32
-from proxy_router.consumer.chat import ChatService, Reply
+from proxy_router.consumer.chat import FAILOVER_CODES, ChatService, Reply
 from proxy_router.consumer.errors import ApiError
 from proxy_router.consumer.schemas import ChatRequest, OpenSessionRequest, parse_body
 from proxy_router.consumer.sessions import SessionManager
@@ -125,13 +125,11 @@ class ConsumerApi:
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         req = parse_body(ChatRequest, await request.read())
         session_id = request.headers.get("session_id") or request.headers.get("X-Session-Id")
+        if not req.stream:
+            body, session = await self.chat.complete(req, session_id)
+            return web.json_response(body, headers={"X-Session-Id": session.session_id})
         reply = await self.chat.start(req, session_id)
         headers = {"X-Session-Id": reply.session.session_id}
-        if not req.stream:
-            body = json.loads(reply.first)
-            async for _ in reply.stream:  # consume the signed trailer (integrity check)
-                pass
-            return web.json_response(body, headers=headers)
         return await self._stream(request, req, reply, headers)
 
     async def _stream(self, request: web.Request, req: ChatRequest, reply: Reply,
@@ -150,6 +148,10 @@ class ConsumerApi:
                         continue
                 await resp.write(b"data: " + chunk + b"\n\n")
         except (RpcError, RpcUnavailable) as exc:
+            # Text already reached the client, so no retry: end the stream with the
+            # error, and stop using a provider that broke mid-answer.
+            if isinstance(exc, RpcUnavailable) or exc.code in FAILOVER_CODES:
+                self.chat.drop(reply.session)
             err = ApiError.from_rpc(exc) if isinstance(exc, RpcError) else ApiError(
                 503, "provider_unavailable", str(exc), type_="api_error")
             await resp.write(err.sse())

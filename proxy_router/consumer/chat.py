@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -32,6 +32,7 @@ FAILOVER_CODES = {ErrorCode.BACKEND_UNAVAILABLE, ErrorCode.INTERNAL}
 # Errors that say "this session is over": open a new one with the same provider list.
 SESSION_OVER_CODES = {ErrorCode.SESSION_EXPIRED, ErrorCode.SESSION_CLOSED}
 MAX_ATTEMPTS = 3
+T = TypeVar("T")
 
 
 @dataclass
@@ -61,6 +62,7 @@ class ChatService:
         self.session_duration = session_duration
         self.failover = failover
         self.first_token_timeout = first_token_timeout
+        self._background: set[asyncio.Task[None]] = set()
 
     def resolve_model(self, name: str) -> dict[str, Any]:
         model = self.index.find_model(name)
@@ -72,6 +74,22 @@ class ChatService:
 
     async def start(self, req: ChatRequest, session_id: str | None) -> Reply:
         """Send the prompt and wait for its first chunk, failing over when allowed."""
+        async def started(reply: Reply) -> Reply:
+            return reply
+        return await self._with_failover(req, session_id, started)
+
+    async def complete(self, req: ChatRequest, session_id: str | None
+                       ) -> tuple[dict[str, Any], ConsumerSession]:
+        """A whole non-streamed answer. Nothing reaches the client before it is
+        complete, so a provider failing at any point is failed over."""
+        async def finished(reply: Reply) -> tuple[dict[str, Any], ConsumerSession]:
+            async for _ in reply.stream:  # the signed trailer checks integrity
+                pass
+            return json.loads(reply.first), reply.session
+        return await self._with_failover(req, session_id, finished)
+
+    async def _with_failover(self, req: ChatRequest, session_id: str | None,
+                             consume: Callable[[Reply], Awaitable[T]]) -> T:
         model_id = self.resolve_model(req.model)["id"]
         payload = json.dumps(req.upstream_body()).encode()
         explicit = self._explicit_session(session_id, model_id) if session_id else None
@@ -82,7 +100,7 @@ class ChatService:
                 model_id, self.session_duration, exclude)
             self.sessions.touch(session.session_id)
             try:
-                return await self._attempt(session, payload)
+                return await consume(await self._attempt(session, payload))
             except RpcError as exc:
                 last_error = f"{session.provider}: {exc.code}: {exc.message}"
                 if explicit is not None or exc.code not in FAILOVER_CODES | SESSION_OVER_CODES:
@@ -100,10 +118,18 @@ class ChatService:
             log.warning("failover", session=session.session_id, provider=session.provider,
                         reason=last_error)
             exclude.add(session.provider.lower())
-            asyncio.create_task(self.sessions.discard(session))  # noqa: RUF006 - logged inside
+            self.drop(session)
         raise ApiError(503, "no_provider_available",
                        f"no provider could serve the request; last error: {last_error}",
                        type_="api_error")
+
+    def drop(self, session: ConsumerSession) -> None:
+        """Stop using a failed provider's session; settle it in the background."""
+        if session.status == "open":
+            session.status = "closing"
+            task = asyncio.create_task(self.sessions.discard(session))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _explicit_session(self, session_id: str, model_id: str) -> ConsumerSession:
         session = self.sessions.sessions.get(session_id.lower())

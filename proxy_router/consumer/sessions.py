@@ -351,7 +351,6 @@ class SessionManager:
 
     async def discard(self, session: ConsumerSession) -> None:
         """Stop using a failed provider's session and settle it (refund the rest)."""
-        session.status = "closing"
         try:
             await self.close(session.session_id)
         except (ApiError, ChainError) as exc:
