@@ -55,11 +55,14 @@ class FallbackHTTPProvider(AsyncHTTPProvider):
     failed connect per request only until a fallback has answered once.
     """
 
-    def __init__(self, urls: Sequence[str], timeout: float = 10.0) -> None:
+    def __init__(self, urls: Sequence[str], timeout: float = 10.0, *, rounds: int = 3,
+                 backoff_s: float = 0.25) -> None:
         if not urls:
             raise ValueError("at least one RPC URL is required")
         super().__init__(urls[0], exception_retry_configuration=None)
         self.urls = [URI(u) for u in urls]
+        self.rounds = rounds
+        self.backoff_s = backoff_s
         self._active = 0
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(3.0, timeout))
         self._session: aiohttp.ClientSession | None = None
@@ -70,7 +73,21 @@ class FallbackHTTPProvider(AsyncHTTPProvider):
         return self._session
 
     async def _make_request(self, method: Any, request_data: bytes) -> bytes:
+        """Every URL in turn, for ``rounds`` rounds with exponential backoff between.
+
+        Retrying is safe: reads are idempotent and a re-sent signed transaction is
+        the same transaction (the node answers "already known" at worst).
+        """
         errors: list[str] = []
+        for round_ in range(self.rounds):
+            if round_:
+                await asyncio.sleep(self.backoff_s * 2 ** (round_ - 1))
+            body = await self._try_each(request_data, errors)
+            if body is not None:
+                return body
+        raise ChainUnavailable("no RPC endpoint answered: " + "; ".join(errors[-len(self.urls):]))
+
+    async def _try_each(self, request_data: bytes, errors: list[str]) -> bytes | None:
         for attempt in range(len(self.urls)):
             index = (self._active + attempt) % len(self.urls)
             url = self.urls[index]
@@ -88,7 +105,7 @@ class FallbackHTTPProvider(AsyncHTTPProvider):
                 self._active = index
                 self.endpoint_uri = url
             return body
-        raise ChainUnavailable("no RPC endpoint answered: " + "; ".join(errors))
+        return None
 
     async def disconnect(self) -> None:
         if self._session is not None:
@@ -287,7 +304,11 @@ class ChainClient:
                     tx_hash = await self.w3.eth.send_raw_transaction(signed.raw_transaction)
                 except Web3RPCError as exc:
                     msg = str(exc).lower()
-                    if attempt == 0 and ("nonce" in msg or "already known" in msg):
+                    if "already known" in msg or "already imported" in msg:
+                        # Our earlier broadcast of this very transaction got through.
+                        self._nonce = tx["nonce"] + 1
+                        return HexBytes(signed.hash)
+                    if attempt == 0 and "nonce" in msg:
                         log.warning("nonce_resync", error=str(exc))
                         continue
                     raise TransactionFailed(f"node rejected the transaction: {exc}") from None
