@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from proxy_router.chain.errors import ChainError, ChainUnavailable
 from proxy_router.chain.index import MarketIndex
 from proxy_router.chain.marketplace import Marketplace
 from proxy_router.config import Settings, split_host_port
+from proxy_router.health import health_response
 from proxy_router.store.db import Store
 
 log = structlog.get_logger(__name__)
@@ -129,6 +131,12 @@ class Router:
             node.run_sweeper(self.settings.session_sweep_interval_s), name="sweeper"))
         app = web.Application()
         server.add_routes(app)
+        started = time.time()
+
+        async def healthcheck(_: web.Request) -> web.Response:
+            return health_response(self.index, started, await node.backend_health())
+
+        app.router.add_get("/healthcheck", healthcheck)
         self.bound_port = await self._serve(app, self.settings.proxy_address)
         log.info("provider_listening", address=self.settings.proxy_address,
                  provider=signer.address, models=[m.model_name for m in models.models])

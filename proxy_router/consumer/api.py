@@ -16,13 +16,13 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from proxy_router import __version__
 from proxy_router.chain.errors import ChainError, ChainUnavailable, ContractReverted
 from proxy_router.chain.marketplace import to_bytes32
 from proxy_router.consumer.chat import FAILOVER_CODES, ChatService, Reply
 from proxy_router.consumer.errors import ApiError
 from proxy_router.consumer.schemas import ChatRequest, OpenSessionRequest, parse_body
 from proxy_router.consumer.sessions import SessionManager
+from proxy_router.health import health_response
 from proxy_router.rpc import RpcError, RpcUnavailable
 
 log = structlog.get_logger(__name__)
@@ -99,14 +99,7 @@ class ConsumerApi:
     # -- system ------------------------------------------------------------------
 
     async def healthcheck(self, request: web.Request) -> web.Response:
-        chain_ok = self.index.last_error is None
-        body = {"status": "ok" if chain_ok else "degraded", "version": __version__,
-                "uptime": round(time.time() - self.started),
-                "components": {
-                    "chain": {"ok": chain_ok, "error": self.index.last_error},
-                    "index": {"checkpoint": self.index.checkpoint, "head": self.index.head,
-                              "lagBlocks": self.index.lag_blocks}}}
-        return web.json_response(body, status=200 if chain_ok else 503)
+        return health_response(self.index, self.started)
 
     # -- OpenAI ------------------------------------------------------------------
 

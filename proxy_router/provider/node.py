@@ -77,6 +77,7 @@ class ProviderNode:
             for m in models.models
         }
         self.close_grace_s = close_grace_s
+        self._http = http
         self._sessions: dict[str, dict[str, Any]] = {}
         self._issued: dict[tuple[str, str], set[int]] = {}
         index.subscribe(self._on_event)
@@ -268,6 +269,23 @@ class ProviderNode:
                 await self.sweep()
             except Exception:
                 log.exception("provider_sweep_failed")
+
+    # -- health -----------------------------------------------------------------
+
+    async def backend_health(self) -> dict[str, dict[str, Any]]:
+        """One component per model: does its backend answer ``GET /models``?"""
+        out: dict[str, dict[str, Any]] = {}
+        for model_id, backend in self.backends.items():
+            name = f"backend:{backend.model_name}"
+            try:
+                async with self._http.get(backend.base_url + "/models",
+                                          timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    out[name] = {"ok": resp.status == 200, "modelId": model_id,
+                                 "error": None if resp.status == 200 else f"HTTP {resp.status}"}
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                out[name] = {"ok": False, "modelId": model_id,
+                             "error": f"{type(exc).__name__}: {exc}"}
+        return out
 
     # -- provider.capabilities ---------------------------------------------------
 

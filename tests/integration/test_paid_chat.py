@@ -114,3 +114,15 @@ async def test_provider_capabilities_report_models_and_hardware(devnet: DevnetSt
     assert isinstance(hardware["gpus"], list)  # no GPU here: an empty list, not an error
     assert hardware["cpu"]["count"] >= 1
     assert "version" in pong
+
+
+async def test_both_routers_report_healthy_components(devnet: DevnetState):
+    async with aiohttp.ClientSession() as http:
+        async with http.get(devnet.consumer_base + "/healthcheck") as resp:
+            consumer = await resp.json()
+            assert resp.status == 200, consumer
+        async with http.get(f"http://{devnet.provider_endpoint}/healthcheck") as resp:
+            provider = await resp.json()
+            assert resp.status == 200, provider
+    assert consumer["failing"] == [] and consumer["components"]["chain"]["ok"]
+    assert provider["components"][f"backend:{devnet.model_name}"]["ok"]
