@@ -121,6 +121,9 @@ class Devnet:
         self.progress = progress
         self.pids: dict[str, int] = {}
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._commands: dict[str, list[str]] = {}
+        self._common_env: dict[str, str] = {}
+        self.state: DevnetState | None = None
         self._started = time.monotonic()
 
     def _say(self, message: str) -> None:
@@ -135,6 +138,10 @@ class Devnet:
         log.close()
         self.pids[name] = proc.pid
         self._procs[name] = proc
+        self._commands[name] = cmd
+        if self.state is not None:
+            self.state.pids = dict(self.pids)
+            self.state.save()
         return proc.pid
 
     def wait_until(self, what: str, check: Callable[[], bool], timeout: float,
@@ -151,23 +158,27 @@ class Devnet:
     # -- up ---------------------------------------------------------------------
 
     def up(self, *, backend_url: str | None = None, concurrent_slots: int = 4,
-           extra_router_env: dict[str, str] | None = None) -> DevnetState:
+           extra_router_env: dict[str, str] | None = None,
+           anvil_state: bool = False) -> DevnetState:
         """Start the stack; with ``backend_url`` the provider uses that server instead
         of starting llama.cpp (tests pass a mock backend there)."""
         self.root.mkdir(parents=True, exist_ok=True)
         try:
-            return self._up(backend_url, concurrent_slots, extra_router_env or {})
+            return self._up(backend_url, concurrent_slots, extra_router_env or {}, anvil_state)
         except BaseException:
             self.down_pids(self.pids)
             raise
 
     def _up(self, backend_url: str | None, slots: int,
-            extra_env: dict[str, str]) -> DevnetState:
+            extra_env: dict[str, str], anvil_state: bool) -> DevnetState:
         anvil_port = free_port()
         rpc_url = f"http://127.0.0.1:{anvil_port}"
         self._say(f"starting anvil on {rpc_url}")
-        self.spawn("anvil", [anvil_binary(), "--host", "127.0.0.1", "--port", str(anvil_port),
-                             "--chain-id", str(ANVIL_CHAIN_ID)])
+        anvil_cmd = [anvil_binary(), "--host", "127.0.0.1", "--port", str(anvil_port),
+                     "--chain-id", str(ANVIL_CHAIN_ID)]
+        if anvil_state:  # loaded when present, dumped on SIGTERM: restarts keep the chain
+            anvil_cmd += ["--state", str((self.root / "anvil-state.json").resolve())]
+        self.spawn("anvil", anvil_cmd)
         self.wait_until("anvil", lambda: _rpc_ok(rpc_url), 30, "anvil")
 
         if backend_url is None:
@@ -195,6 +206,7 @@ class Devnet:
                   "MARKETPLACE_ADDRESS": chain["marketplace"],
                   "MOR_TOKEN_ADDRESS": chain["token"], "ETH_NODE_POLLING_INTERVAL": "0.5",
                   "LOG_FORMAT": "json", **extra_env}
+        self._common_env = common
         self._write_env("provider.env", {**common, "WALLET_PRIVATE_KEY": dev_key(PROVIDER),
                                          "PROXY_ADDRESS": endpoint,
                                          "MODELS_CONFIG_PATH": str(models_config.resolve()),
@@ -221,8 +233,79 @@ class Devnet:
             model_name=MODEL_NAME, bid_id=chain["bid_id"], user_address=dev_address(USER),
             provider_address=dev_address(PROVIDER), root=str(self.root), pids=dict(self.pids))
         state.save()
+        self.state = state
         self._say("devnet is up")
         return state
+
+    # -- process control for fault tests -------------------------------------------
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal a process group (SIGKILL by default: a crash) and reap it."""
+        proc = self._procs[name]
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+    def stop(self, name: str) -> None:
+        """A clean stop (SIGTERM; anvil dumps its --state file on it)."""
+        stop_pid(self._procs[name].pid)
+        self._procs[name].poll()
+
+    def start(self, name: str, env: dict[str, str] | None = None) -> int:
+        """Start ``name`` again with the command it was first started with."""
+        return self.spawn(name, self._commands[name], env)
+
+    def add_provider(self, account: int, backend_url: str, price: int,
+                     slots: int = 4) -> tuple[str, str]:
+        """Register dev ``account`` as another provider bidding on the model, start
+        its router, and return (endpoint, bid id)."""
+        assert self.state is not None
+        port = free_port()
+        endpoint = f"127.0.0.1:{port}"
+        name = f"provider{account}"
+        bid_id = asyncio.run(self._onboard_provider(account, endpoint, price))
+        config = self.root / f"models-config-{account}.json"
+        config.write_text(json.dumps({"models": [{
+            "modelId": self.state.model_id, "modelName": MODEL_NAME, "apiType": "openai",
+            "apiUrl": backend_url, "concurrentSlots": slots}]}) + "\n")
+        self._write_env(f"{name}.env", {**self._common_env,
+                                        "WALLET_PRIVATE_KEY": dev_key(account),
+                                        "PROXY_ADDRESS": endpoint,
+                                        "MODELS_CONFIG_PATH": str(config.resolve()),
+                                        "PROXY_STORAGE_PATH": str(self.root / f"{name}-data")})
+        self.spawn(name, [*router_command(), "--role", "provider", "--env-file",
+                          str((self.root / f"{name}.env").resolve())])
+        self.wait_until(name, lambda: _port_open(port), 60, name)
+        return endpoint, bid_id
+
+    def add_consumer(self, account: int, overrides: dict[str, str] | None = None) -> str:
+        """Start another consumer router for dev ``account``; returns its base URL."""
+        port = free_port()
+        name = f"consumer{account}"
+        self._write_env(f"{name}.env", {**self._common_env,
+                                        "WALLET_PRIVATE_KEY": dev_key(account),
+                                        "WEB_ADDRESS": f"127.0.0.1:{port}",
+                                        "PROXY_STORAGE_PATH": str(self.root / f"{name}-data"),
+                                        **(overrides or {})})
+        self.spawn(name, [*router_command(), "--role", "consumer", "--env-file",
+                          str((self.root / f"{name}.env").resolve())])
+        base = f"http://127.0.0.1:{port}"
+        self.wait_until(name, lambda: _models_listed(base, MODEL_NAME), 60, name)
+        return base
+
+    async def _onboard_provider(self, account: int, endpoint: str, price: int) -> str:
+        assert self.state is not None
+        client = await ChainClient.connect(self.state.rpc_url, dev_key(account))
+        try:
+            market = Marketplace(client, self.state.marketplace_address,
+                                 self.state.mor_token_address)
+            await market.register_provider(await market.param("providerMinStake"), endpoint)
+            bid_id, _ = await market.post_bid(self.state.model_id, price)
+        finally:
+            await client.close()
+        return bid_id
 
     def _write_env(self, name: str, values: dict[str, str]) -> None:
         path = self.root / name
@@ -255,7 +338,12 @@ class Devnet:
     def down_pids(pids: dict[str, int]) -> None:
         """Stop routers first (they may settle), then the backend, then the chain."""
         order = ["consumer", "provider", "llama", "anvil"]
-        for name in sorted(pids, key=lambda n: order.index(n) if n in order else -1):
+
+        def rank(name: str) -> int:
+            base = name.rstrip("0123456789")
+            return order.index(base) if base in order else -1
+
+        for name in sorted(pids, key=rank):
             stop_pid(pids[name])
 
     def down(self) -> bool:
