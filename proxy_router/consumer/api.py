@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -27,6 +28,7 @@ from proxy_router.rpc import RpcError, RpcUnavailable
 
 log = structlog.get_logger(__name__)
 
+WEB_DIR = Path(__file__).with_name("web")
 AMOUNT_KEYS = {"stake", "pricePerSecond", "providerEarned", "userRefund", "held"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -80,6 +82,8 @@ class ConsumerApi:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[error_middleware], client_max_size=8 * 1024 * 1024)
         r = app.router
+        r.add_get("/", self.web_app)
+        r.add_static("/static", WEB_DIR, append_version=True)
         r.add_get("/healthcheck", self.healthcheck)
         r.add_post("/v1/chat/completions", self.chat_completions)
         r.add_get("/v1/models", self.list_models)
@@ -97,6 +101,10 @@ class ConsumerApi:
         return app
 
     # -- system ------------------------------------------------------------------
+
+    async def web_app(self, request: web.Request) -> web.FileResponse:
+        """The marketplace web app: static files that use only this API."""
+        return web.FileResponse(WEB_DIR / "index.html")
 
     async def healthcheck(self, request: web.Request) -> web.Response:
         return health_response(self.index, self.started)
