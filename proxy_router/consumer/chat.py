@@ -96,8 +96,16 @@ class ChatService:
         exclude: set[str] = set()
         last_error = "no attempt made"
         for _ in range(MAX_ATTEMPTS):
-            session = explicit or await self.sessions.session_for_model(
-                model_id, self.session_duration, exclude)
+            try:
+                session = explicit or await self.sessions.session_for_model(
+                    model_id, self.session_duration, exclude)
+            except ApiError as exc:
+                if not exclude:
+                    raise
+                # Every remaining provider was tried: report why the last one failed.
+                raise ApiError(503, "no_provider_available",
+                               f"no provider could serve the request; last error: "
+                               f"{last_error}; {exc.message}", type_="api_error") from None
             self.sessions.touch(session.session_id)
             try:
                 return await consume(await self._attempt(session, payload))

@@ -62,5 +62,5 @@ def parse_body(model: type[T], raw: bytes) -> T:
         if err["type"] == "json_invalid":
             raise bad_request(f"malformed JSON: {err['msg']}", code="invalid_json") from None
         param = ".".join(str(p) for p in err["loc"]) or None
-        raise ApiError(400, "invalid_parameter", f"{param}: {err['msg']}",
-                       param=param) from None
+        message = f"{param}: {err['msg']}" if param else f"request body: {err['msg']}"
+        raise ApiError(400, "invalid_parameter", message, param=param) from None
