@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup demo test lint bench up down status compile
+.PHONY: setup browser demo test lint bench up down status compile
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -26,6 +26,15 @@ node_modules/.installed: package-lock.json package.json
 	npm install --no-audit --no-fund
 	touch $@
 
+# Headless Chromium for the browser tests (Debian packages; Playwright cannot download
+# its own browser here). Needs root for apt-get; without it the browser tests skip.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "==> chromium + chromium-driver (apt-get, for the browser tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else echo "==> chromium missing and not root: browser tests will be skipped"; fi; }
+
 demo: setup
 	$(PY) scripts/devnet.py demo
 
@@ -44,7 +53,7 @@ compile: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: setup
+test: setup browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
