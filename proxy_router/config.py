@@ -6,6 +6,7 @@ one line naming the variable (see ``describe_error``), never a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +30,25 @@ def split_host_port(value: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
+def is_loopback(host: str) -> bool:
+    """``localhost``, ``127.0.0.0/8`` or ``::1`` (brackets allowed), nothing else."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _origin(value: str) -> str:
+    scheme, sep, rest = value.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest or "/" in rest or "*" in rest:
+        raise ValueError(f"{value!r} is not an origin like https://app.example.com:8443 "
+                         "(scheme://host[:port], no path, no wildcard)")
+    return value.lower()
+
+
 class Settings(BaseSettings):
     """Settings shared by both roles; role-specific ones are ignored by the other."""
 
@@ -50,6 +70,13 @@ class Settings(BaseSettings):
     web_address: str = "127.0.0.1:8082"
     proxy_storage_path: Path = Path("./data")
     models_config_path: Path | None = None
+
+    # Consumer API access
+    api_token: SecretStr | None = Field(
+        None, description="bearer token the consumer API requires (at least 16 characters)")
+    api_basic_auth: SecretStr | None = Field(
+        None, description="user:password the consumer API accepts as HTTP basic auth")
+    cors_origins: str = Field("", description="comma-separated origins allowed by CORS")
 
     # Consumer behaviour
     session_duration_s: int = Field(600, ge=300, le=7 * 24 * 3600)
@@ -79,6 +106,35 @@ class Settings(BaseSettings):
         raw = value.get_secret_value().removeprefix("0x")
         if len(raw) != 64 or any(c not in "0123456789abcdefABCDEF" for c in raw):
             raise ValueError("must be a 32-byte hex private key")
+        return value
+
+    @field_validator("api_token", "api_basic_auth", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("api_token")
+    @classmethod
+    def _check_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 32`)")
+        return value
+
+    @field_validator("api_basic_auth")
+    @classmethod
+    def _check_basic(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            user, sep, password = value.get_secret_value().partition(":")
+            if not user or not sep or not password:
+                raise ValueError("must be user:password")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: str) -> str:
+        for item in (v.strip() for v in value.split(",")):
+            if item:
+                _origin(item)
         return value
 
     @field_validator("proxy_address", "web_address")
@@ -115,6 +171,18 @@ class Settings(BaseSettings):
     @property
     def private_key(self) -> str:
         return self.wallet_private_key.get_secret_value()
+
+    @property
+    def origins(self) -> frozenset[str]:
+        return frozenset(_origin(v.strip()) for v in self.cors_origins.split(",") if v.strip())
+
+    def consumer_problem(self) -> str | None:
+        """Why the consumer must not start with these settings, naming the variable."""
+        host, _ = split_host_port(self.web_address)
+        if not is_loopback(host) and self.api_token is None and self.api_basic_auth is None:
+            return (f"API_TOKEN (or API_BASIC_AUTH) is required when WEB_ADDRESS "
+                    f"({self.web_address}) is not a loopback address")
+        return None
 
 
 def describe_error(exc: ValidationError) -> str:

@@ -67,7 +67,8 @@ async def _demo(state: DevnetState) -> int:
             print("the model returned no text", file=sys.stderr)
             return 1
         async with aiohttp.ClientSession() as http, http.post(
-                f"{state.consumer_base}/blockchain/sessions/{session_id}/close") as resp:
+                f"{state.consumer_base}/blockchain/sessions/{session_id}/close",
+                headers=state.auth()) as resp:
             settlement: dict[str, Any] = await resp.json()
             if resp.status != 200:
                 print(f"close failed: {settlement}", file=sys.stderr)

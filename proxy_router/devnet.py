@@ -26,6 +26,7 @@ from eth_utils import keccak
 from proxy_router.chain.client import ChainClient
 from proxy_router.chain.deploy import deploy_all
 from proxy_router.chain.marketplace import Marketplace
+from proxy_router.consumer.access import token_path
 from proxy_router.models import smollm2_gguf_path
 from proxy_router.provider.llama import EmbeddedLlamaServer
 from proxy_router.testing.anvil import ANVIL_CHAIN_ID, anvil_binary, dev_address, dev_key, rpc
@@ -67,6 +68,18 @@ class DevnetState:
     @classmethod
     def load(cls, root: Path) -> DevnetState:
         return cls(**json.loads((root / "state.json").read_text()))
+
+    def api_token_path(self, consumer: str = "consumer") -> Path:
+        """Where a devnet consumer (it has no API_TOKEN) writes its token at every start;
+        ``consumer`` names another one started by ``Devnet.add_consumer`` (``consumer5``)."""
+        return token_path(Path(self.root) / f"{consumer}-data")
+
+    def api_token(self, consumer: str = "consumer") -> str:
+        return self.api_token_path(consumer).read_text().strip()
+
+    def auth(self, consumer: str = "consumer") -> dict[str, str]:
+        """Headers that let a request open and close sessions on that consumer."""
+        return {"Authorization": f"Bearer {self.api_token(consumer)}"}
 
 
 def _alive(pid: int) -> bool:

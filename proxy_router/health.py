@@ -4,12 +4,29 @@ naming the failing ones (the chain RPC, the event index, a model backend)."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
 
 from proxy_router import __version__
 from proxy_router.chain.index import MarketIndex
+
+
+class HealthComponent(BaseModel):
+    """One component; the index adds checkpoint/head/lagBlocks, a backend its modelId."""
+
+    model_config = ConfigDict(extra="allow")
+    ok: bool
+    error: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    failing: list[str] = Field(description="names of the components that are not ok")
+    version: str
+    uptime: int = Field(description="seconds since the router started")
+    components: dict[str, HealthComponent]
 
 
 def health_response(index: MarketIndex, started: float,
@@ -21,7 +38,9 @@ def health_response(index: MarketIndex, started: float,
         **(extra or {}),
     }
     failing = sorted(name for name, c in components.items() if not c.get("ok"))
-    body = {"status": "ok" if not failing else "degraded", "failing": failing,
-            "version": __version__, "uptime": round(time.time() - started),
-            "components": components}
-    return web.json_response(body, status=200 if not failing else 503)
+    body = Health(status="ok" if not failing else "degraded", failing=failing,
+                  version=__version__, uptime=round(time.time() - started),
+                  components={k: HealthComponent.model_validate(v)
+                              for k, v in components.items()})
+    return web.json_response(body.model_dump(mode="json", exclude_unset=True),
+                             status=200 if not failing else 503)

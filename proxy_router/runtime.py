@@ -23,6 +23,7 @@ from proxy_router.chain.index import MarketIndex
 from proxy_router.chain.marketplace import Marketplace
 from proxy_router.config import Settings, split_host_port
 from proxy_router.health import health_response
+from proxy_router.metrics import Metrics
 from proxy_router.store.db import Store
 
 log = structlog.get_logger(__name__)
@@ -59,6 +60,7 @@ class Router:
     market: Marketplace
     index: MarketIndex
     http: aiohttp.ClientSession
+    metrics: Metrics
     runners: list[web.AppRunner] = field(default_factory=list)
     closers: list[Any] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -68,13 +70,18 @@ class Router:
     async def create(cls, role: str, settings: Settings) -> Router:
         if role == "provider" and settings.models_config_path is None:
             raise ConfigurationError("MODELS_CONFIG_PATH is required for the provider role")
+        if role == "consumer" and (problem := settings.consumer_problem()):
+            raise ConfigurationError(problem)
         store = await Store.open(settings.proxy_storage_path, role)
         client = await connect_chain(settings)
         market = Marketplace(client, settings.marketplace_address, settings.mor_token_address)
         index = MarketIndex(client, settings.marketplace_address, store,
                             poll_interval=settings.eth_node_polling_interval,
                             confirmations=settings.eth_node_confirmations)
-        return cls(role, settings, store, client, market, index, aiohttp.ClientSession())
+        metrics = Metrics("provider" if role == "provider" else "consumer")
+        metrics.follow_market(index, client.address)
+        return cls(role, settings, store, client, market, index, aiohttp.ClientSession(),
+                   metrics)
 
     async def start(self) -> None:
         await self.index.start()
@@ -124,24 +131,28 @@ class Router:
             account=signer.account, market=self.market, index=self.index, models=models,
             backend_urls=urls, store=self.store, http=self.http,
             backend_timeouts=BackendTimeouts(total=self.settings.backend_timeout_s),
-            close_grace_s=self.settings.provider_close_grace_s)
-        server = RpcServer(signer)
-        node.register(server)
+            close_grace_s=self.settings.provider_close_grace_s, metrics=self.metrics)
+        rpc = RpcServer(signer, observer=self.metrics)
+        node.register(rpc)
+        self.metrics.watch(index=self.index, active_sessions=lambda: node.open_sessions,
+                           rpc_connections=lambda: rpc.open_connections)
         self.tasks.append(asyncio.create_task(
             node.run_sweeper(self.settings.session_sweep_interval_s), name="sweeper"))
-        app = web.Application()
-        server.add_routes(app)
+        app = web.Application(middlewares=[self.metrics.middleware])
+        rpc.add_routes(app)
         started = time.time()
 
         async def healthcheck(_: web.Request) -> web.Response:
             return health_response(self.index, started, await node.backend_health())
 
         app.router.add_get("/healthcheck", healthcheck)
+        app.router.add_get("/metrics", self.metrics.handler)
         self.bound_port = await self._serve(app, self.settings.proxy_address)
         log.info("provider_listening", address=self.settings.proxy_address,
                  provider=signer.address, models=[m.model_name for m in models.models])
 
     async def _start_consumer(self) -> None:
+        from proxy_router.consumer.access import AccessPolicy
         from proxy_router.consumer.api import ConsumerApi
         from proxy_router.consumer.chat import ChatService
         from proxy_router.consumer.sessions import SessionManager
@@ -160,8 +171,12 @@ class Router:
         chat = ChatService(sessions, self.index,
                            session_duration=self.settings.session_duration_s,
                            failover=self.settings.failover_enabled,
-                           first_token_timeout=self.settings.first_token_timeout_s)
-        api = ConsumerApi(sessions, chat)
+                           first_token_timeout=self.settings.first_token_timeout_s,
+                           metrics=self.metrics)
+        self.metrics.watch(index=self.index, active_sessions=lambda: sessions.open_count,
+                           rpc_connections=lambda: pool.connected)
+        api = ConsumerApi(sessions, chat, access=AccessPolicy.from_settings(self.settings),
+                          metrics=self.metrics)
         self.bound_port = await self._serve(api.app(), self.settings.web_address)
         log.info("consumer_listening", address=self.settings.web_address, user=signer.address)
 

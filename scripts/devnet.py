@@ -29,7 +29,9 @@ def main() -> int:
             return 1
         state = net.up()
         print(json.dumps({"consumer_url": state.consumer_url, "model": state.model_name,
-                          "state": str(root / "state.json")}, indent=2))
+                          "state": str(root / "state.json"),
+                          "api_token_file": str(state.api_token_path())},
+                         indent=2))
         return 0
     if args.command == "status":
         if not (root / "state.json").exists():

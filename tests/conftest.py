@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -17,6 +19,9 @@ from proxy_router.chain.client import ChainClient
 from proxy_router.chain.deploy import Deployment, deploy_all
 from proxy_router.chain.marketplace import Marketplace
 from proxy_router.testing.anvil import Anvil, dev_address, dev_key
+
+if TYPE_CHECKING:
+    from proxy_router.devnet import DevnetState
 
 DEPLOYER, PROVIDER, USER, OTHER, FEE_RECIPIENT = 0, 1, 2, 3, 9
 
@@ -80,3 +85,18 @@ def chain_factory(
     """``async with chain_factory() as chain:`` — the ``chain`` fixture, usable several times in
     one test (hypothesis examples must not share a function-scoped fixture)."""
     return lambda: isolated_chain(anvil, deployment)
+
+
+@pytest.fixture(scope="session")
+def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetState]:
+    """The whole stack as processes: anvil, contracts, llama.cpp with the real
+    SmolLM2-135M model, provider and consumer. One per test run, shared by the
+    integration and browser tests."""
+    from proxy_router.devnet import Devnet
+
+    net = Devnet(Path(tmp_path_factory.mktemp("devnet")), progress=lambda _: None)
+    state = net.up()
+    try:
+        yield state
+    finally:
+        net.down()

@@ -257,7 +257,11 @@ class ChainClient:
         try:
             if gas is None:
                 # estimate_gas runs the call first: a revert surfaces here, before we sign.
-                gas = int(await fn.estimate_gas(base) * 1.2) + 10_000
+                # Against "pending", the block the tx goes into: "latest" carries the last
+                # block's timestamp, hours old on an idle chain (approvals would look
+                # "from the future" and their TTL checks would be off).
+                gas = int(await fn.estimate_gas(base, block_identifier="pending") * 1.2) \
+                    + 10_000
             tx = await fn.build_transaction({**base, "gas": gas, "nonce": 0,
                                              **await self._fees()})
         except ContractLogicError as exc:

@@ -2,8 +2,9 @@
 
 ``/v1/chat/completions`` and ``/v1/models`` follow OpenAI's shapes and error
 format so any OpenAI client works unchanged; ``/blockchain/...`` exposes the
-market, the wallet and session control. Amounts are decimal strings (wei) so
-JavaScript clients do not lose precision.
+market, the wallet and session control. ``ROUTES`` is the one table of routes:
+the app is registered from it and ``/openapi.json`` documents it, and every JSON
+body is built through the pydantic models of ``schemas.py``.
 """
 
 from __future__ import annotations
@@ -16,31 +17,108 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
 from proxy_router.chain.errors import ChainError, ChainUnavailable, ContractReverted
 from proxy_router.chain.marketplace import to_bytes32
+from proxy_router.consumer.access import ROUTE_ACCESS, Access, AccessPolicy
 from proxy_router.consumer.chat import FAILOVER_CODES, ChatService, Reply
 from proxy_router.consumer.errors import ApiError
-from proxy_router.consumer.schemas import ChatRequest, OpenSessionRequest, parse_body
-from proxy_router.consumer.sessions import SessionManager
-from proxy_router.health import health_response
+from proxy_router.consumer.openapi import Param, Route, build_document
+from proxy_router.consumer.schemas import (
+    Balance,
+    Bid,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatRequest,
+    LocalSession,
+    MarketModel,
+    ModelList,
+    OnChainSession,
+    OpenAIModel,
+    OpenSessionRequest,
+    Provider,
+    RatedBid,
+    Settlement,
+    Usage,
+    parse_body,
+)
+from proxy_router.consumer.sessions import SessionManager, public_row
+from proxy_router.health import Health, health_response
+from proxy_router.metrics import Metrics
 from proxy_router.rpc import RpcError, RpcUnavailable
 
 log = structlog.get_logger(__name__)
 
 WEB_DIR = Path(__file__).with_name("web")
-AMOUNT_KEYS = {"stake", "pricePerSecond", "providerEarned", "userRefund", "held"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PUBLIC, LOCAL, WALLET = Access.PUBLIC, Access.LOCAL, Access.WALLET
+CHAIN = (502, 503)  # a chain read can fail
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/", "web_app", "The marketplace web app (sets the API cookie for a "
+          "loopback Host)", PUBLIC, "system", media="html"),
+    Route("GET", "/static/{filename:.+}", "static_file", "The web app's files", PUBLIC,
+          "system", media="file", errors=(404,)),
+    Route("GET", "/openapi.json", "openapi", "This document", PUBLIC, "system",
+          media="json"),
+    Route("GET", "/healthcheck", "healthcheck", "Component health: 200 ok, 503 degraded",
+          PUBLIC, "system", returns=Health, extra_responses={503: Health}),
+    Route("GET", "/metrics", "prometheus_metrics", "Prometheus metrics", PUBLIC, "system",
+          media="text"),
+    Route("POST", "/v1/chat/completions", "chat_completions",
+          "OpenAI chat completion through a paid session (opened when needed)", LOCAL,
+          "openai", returns=ChatCompletion, stream=ChatCompletionChunk, body=ChatRequest,
+          params=(Param("session_id", "header", "use this open session of the wallet",
+                        r"^(0x)?[0-9a-fA-F]{64}$"),
+                  Param("X-Session-Id", "header", "same as session_id",
+                        r"^(0x)?[0-9a-fA-F]{64}$")),
+          errors=(400, 402, 404, 409, 429, 502, 503, 504)),
+    Route("GET", "/v1/models", "list_models", "Marketplace models with an active bid", LOCAL,
+          "openai", returns=ModelList),
+    Route("GET", "/blockchain/balance", "balance", "The wallet's ETH and MOR", LOCAL,
+          "wallet", returns=Balance, errors=CHAIN),
+    Route("GET", "/blockchain/providers", "providers", "Registered providers", LOCAL,
+          "market", returns=Provider, many=True),
+    Route("GET", "/blockchain/models", "models", "Registered models", LOCAL, "market",
+          returns=MarketModel, many=True),
+    Route("GET", "/blockchain/bids", "bids", "Active bids", LOCAL, "market", returns=Bid,
+          many=True, params=(Param("modelId", "query", "only bids for this model "
+                                   "(name or 0x id)"),), errors=(404,)),
+    Route("GET", "/blockchain/models/{model}/bids", "model_bids", "Active bids for a model",
+          LOCAL, "market", returns=Bid, many=True, errors=(404,)),
+    Route("GET", "/blockchain/models/{model}/bids/rated", "rated_bids",
+          "A model's active bids, best first", LOCAL, "market", returns=RatedBid, many=True,
+          errors=(404, *CHAIN)),
+    Route("POST", "/blockchain/models/{model}/session", "open_by_model",
+          "Open a session (escrow MOR) on the model's best-rated bid", WALLET, "sessions",
+          returns=LocalSession, status=201, body=OpenSessionRequest, body_required=False,
+          errors=(400, 402, 404, 409, *CHAIN)),
+    Route("POST", "/blockchain/bids/{bid}/session", "open_by_bid",
+          "Open a session (escrow MOR) on this bid", WALLET, "sessions",
+          returns=LocalSession, status=201, body=OpenSessionRequest, body_required=False,
+          errors=(400, 402, 404, 409, 429, *CHAIN)),
+    Route("GET", "/blockchain/sessions", "my_sessions", "Sessions this consumer opened",
+          LOCAL, "sessions", returns=LocalSession, many=True),
+    Route("GET", "/blockchain/sessions/{session}", "get_session",
+          "A session as the contract sees it", LOCAL, "sessions", returns=OnChainSession,
+          errors=(400, 404, *CHAIN)),
+    Route("POST", "/blockchain/sessions/{session}/close", "close_session",
+          "Settle a session on chain: the provider is paid, the rest refunded", WALLET,
+          "sessions", returns=Settlement, errors=(400, 403, 404, 409, *CHAIN)),
+)
 
 
-def wire(value: Any) -> Any:
-    """JSON for clients: wei amounts as strings, recursively."""
-    if isinstance(value, dict):
-        return {k: (str(v) if k in AMOUNT_KEYS and isinstance(v, int) else wire(v))
-                for k, v in value.items()}
+def dump(model: type[BaseModel], value: Any) -> Any:
+    """``value`` (a dict, or a list of dicts) as JSON-ready data shaped by ``model``."""
     if isinstance(value, list):
-        return [wire(v) for v in value]
-    return value
+        return [model.model_validate(v).model_dump(mode="json") for v in value]
+    return model.model_validate(value).model_dump(mode="json")
+
+
+def json_response(model: type[BaseModel], value: Any, *, status: int = 200,
+                  headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(dump(model, value), status=status, headers=headers)
 
 
 @web.middleware
@@ -53,7 +131,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         code = "not_found" if exc.status == 404 else "http_error"
-        return ApiError(exc.status, code, exc.reason or "error").response()
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow",)}
+        return ApiError(exc.status, code, exc.reason or "error", headers=headers).response()
     except ChainUnavailable as exc:
         return ApiError(503, "chain_unavailable", f"the chain RPC is unreachable: {exc}",
                         type_="api_error").response()
@@ -66,48 +145,63 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return ApiError.from_rpc(exc).response()
     except RpcUnavailable as exc:
         return ApiError(503, "provider_unavailable", str(exc), type_="api_error").response()
+    except ConnectionResetError:
+        if request.transport is None or request.transport.is_closing():
+            raise  # the client went away (e.g. mid-stream): nobody to answer
+        log.exception("unhandled_error", path=request.path)
+        return ApiError(500, "internal_error", "internal error", type_="api_error").response()
     except Exception:
         log.exception("unhandled_error", path=request.path)
         return ApiError(500, "internal_error", "internal error", type_="api_error").response()
 
 
 class ConsumerApi:
-    def __init__(self, sessions: SessionManager, chat: ChatService) -> None:
+    def __init__(self, sessions: SessionManager, chat: ChatService, *,
+                 access: AccessPolicy, metrics: Metrics) -> None:
         self.sessions = sessions
         self.chat = chat
         self.index = sessions.index
         self.market = sessions.market
+        self.access = access
+        self.metrics = metrics
         self.started = time.time()
+        self._document = json.dumps(build_document(ROUTES, access)).encode()
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[error_middleware], client_max_size=8 * 1024 * 1024)
-        r = app.router
-        r.add_get("/", self.web_app)
-        r.add_static("/static", WEB_DIR, append_version=True)
-        r.add_get("/healthcheck", self.healthcheck)
-        r.add_post("/v1/chat/completions", self.chat_completions)
-        r.add_get("/v1/models", self.list_models)
-        r.add_get("/blockchain/balance", self.balance)
-        r.add_get("/blockchain/providers", self.providers)
-        r.add_get("/blockchain/models", self.models)
-        r.add_get("/blockchain/bids", self.bids)
-        r.add_get("/blockchain/models/{model}/bids", self.model_bids)
-        r.add_get("/blockchain/models/{model}/bids/rated", self.rated_bids)
-        r.add_post("/blockchain/models/{model}/session", self.open_by_model)
-        r.add_post("/blockchain/bids/{bid}/session", self.open_by_bid)
-        r.add_get("/blockchain/sessions", self.my_sessions)
-        r.add_get("/blockchain/sessions/{session}", self.get_session)
-        r.add_post("/blockchain/sessions/{session}/close", self.close_session)
+        app = web.Application(
+            middlewares=[self.metrics.middleware, self.access.cors_preflight,
+                         error_middleware, self.access.middleware],
+            client_max_size=8 * 1024 * 1024)
+        app.on_response_prepare.append(self.access.cors_headers)
+        app[ROUTE_ACCESS] = {
+            app.router.add_route(route.method, route.path, getattr(self, route.handler)):
+                route.access
+            for route in ROUTES}
         return app
 
     # -- system ------------------------------------------------------------------
 
     async def web_app(self, request: web.Request) -> web.FileResponse:
         """The marketplace web app: static files that use only this API."""
-        return web.FileResponse(WEB_DIR / "index.html")
+        response = web.FileResponse(WEB_DIR / "index.html")
+        self.access.issue_cookie(request, response)
+        return response
+
+    async def static_file(self, request: web.Request) -> web.FileResponse:
+        root = WEB_DIR.resolve()
+        path = (root / request.match_info["filename"]).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise ApiError(404, "not_found", "no such file", param="filename")
+        return web.FileResponse(path)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._document, content_type="application/json")
 
     async def healthcheck(self, request: web.Request) -> web.Response:
         return health_response(self.index, self.started)
+
+    async def prometheus_metrics(self, request: web.Request) -> web.Response:
+        return await self.metrics.handler(request)
 
     # -- OpenAI ------------------------------------------------------------------
 
@@ -117,18 +211,25 @@ class ConsumerApi:
             bids = self.index.active_bids(model["id"])
             if model.get("isDeleted") or not bids:
                 continue
-            data.append({"id": model["name"], "object": "model",
-                         "created": int(model.get("createdAt", 0)),
-                         "owned_by": model.get("owner", ""), "modelId": model["id"],
-                         "tags": model.get("tags", []), "activeBids": len(bids)})
-        return web.json_response({"object": "list", "data": data})
+            data.append(OpenAIModel(id=model["name"], created=int(model.get("createdAt", 0)),
+                                    owned_by=model.get("owner", ""), modelId=model["id"],
+                                    tags=model.get("tags", []), activeBids=len(bids)))
+        return web.json_response(ModelList(data=data).model_dump(mode="json"))
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         req = parse_body(ChatRequest, await request.read())
-        session_id = request.headers.get("session_id") or request.headers.get("X-Session-Id")
+        header = request.headers.get("session_id", request.headers.get("X-Session-Id"))
+        session_id = None if header is None else _id32(header, "session", param="session_id")
         if not req.stream:
             body, session = await self.chat.complete(req, session_id)
-            return web.json_response(body, headers={"X-Session-Id": session.session_id})
+            try:
+                completion = ChatCompletion.model_validate(body)
+            except ValidationError as exc:
+                raise ApiError(502, "bad_provider_response",
+                               f"provider {session.provider} sent an invalid completion: "
+                               f"{exc.errors()[0]['msg']}", type_="api_error") from None
+            return web.json_response(completion.model_dump(mode="json", exclude_unset=True),
+                                     headers={"X-Session-Id": session.session_id})
         reply = await self.chat.start(req, session_id)
         headers = {"X-Session-Id": reply.session.session_id}
         return await self._stream(request, req, reply, headers)
@@ -157,16 +258,16 @@ class ConsumerApi:
                 503, "provider_unavailable", str(exc), type_="api_error")
             await resp.write(err.sse())
         else:
+            self.chat.finished(reply)
             usage = reply.usage
             if include_usage and not saw_usage and usage:
-                final = {"id": first.get("id"), "object": "chat.completion.chunk",
-                         "created": first.get("created"), "model": first.get("model"),
-                         "choices": [], "usage": {
-                             "prompt_tokens": usage["prompt_tokens"],
-                             "completion_tokens": usage["completion_tokens"],
-                             "total_tokens": usage["prompt_tokens"]
-                             + usage["completion_tokens"]}}
-                await resp.write(b"data: " + json.dumps(final).encode() + b"\n\n")
+                final = ChatCompletionChunk(
+                    id=first.get("id", ""), created=first.get("created", 0),
+                    model=first.get("model", ""), choices=[], usage=Usage(
+                        prompt_tokens=usage["prompt_tokens"],
+                        completion_tokens=usage["completion_tokens"],
+                        total_tokens=usage["prompt_tokens"] + usage["completion_tokens"]))
+                await resp.write(b"data: " + final.model_dump_json().encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -175,37 +276,37 @@ class ConsumerApi:
 
     async def balance(self, request: web.Request) -> web.Response:
         address = self.sessions.account.address
-        return web.json_response({"address": address,
-                                  "eth": str(await self.market.eth_balance(address)),
-                                  "mor": str(await self.market.mor_balance(address))})
+        return json_response(Balance, {"address": address,
+                                       "eth": await self.market.eth_balance(address),
+                                       "mor": await self.market.mor_balance(address)})
 
     async def providers(self, request: web.Request) -> web.Response:
         rows = [p for p in self.index.providers.values() if not p.get("isDeleted")]
-        return web.json_response(wire(rows))
+        return json_response(Provider, rows)
 
     async def models(self, request: web.Request) -> web.Response:
         rows = [m for m in self.index.models.values() if not m.get("isDeleted")]
-        return web.json_response(wire(rows))
+        return json_response(MarketModel, rows)
 
     async def bids(self, request: web.Request) -> web.Response:
         model = request.query.get("modelId")
         model_id = self.chat.resolve_model(model)["id"] if model else None
-        return web.json_response(wire(self.index.active_bids(model_id)))
+        return json_response(Bid, self.index.active_bids(model_id))
 
     async def model_bids(self, request: web.Request) -> web.Response:
         model_id = self.chat.resolve_model(request.match_info["model"])["id"]
-        return web.json_response(wire(self.index.active_bids(model_id)))
+        return json_response(Bid, self.index.active_bids(model_id))
 
     async def rated_bids(self, request: web.Request) -> web.Response:
         model_id = self.chat.resolve_model(request.match_info["model"])["id"]
         rated = await self.sessions.rated_bids(model_id)
-        return web.json_response(wire([r.as_json() for r in rated]))
+        return json_response(RatedBid, [r.as_json() for r in rated])
 
     async def open_by_model(self, request: web.Request) -> web.Response:
         body = parse_body(OpenSessionRequest, await request.read())
         model_id = self.chat.resolve_model(request.match_info["model"])["id"]
         session = await self.sessions.open_for_model(model_id, body.sessionDuration)
-        return web.json_response(session.public(), status=201)
+        return json_response(LocalSession, session.public(), status=201)
 
     async def open_by_bid(self, request: web.Request) -> web.Response:
         body = parse_body(OpenSessionRequest, await request.read())
@@ -214,12 +315,11 @@ class ConsumerApi:
         if not bid.get("createdAt"):
             raise ApiError(404, "bid_not_found", f"bid {bid_id} does not exist", param="bid")
         session = await self.sessions.open_for_bid(bid, body.sessionDuration)
-        return web.json_response(session.public(), status=201)
+        return json_response(LocalSession, session.public(), status=201)
 
     async def my_sessions(self, request: web.Request) -> web.Response:
         rows = await self.sessions.store.consumer_sessions()
-        return web.json_response([
-            {k: v for k, v in row.items() if k != "session_key"} for row in rows])
+        return json_response(LocalSession, [public_row(row) for row in rows])
 
     async def get_session(self, request: web.Request) -> web.Response:
         session_id = _id32(request.match_info["session"], "session")
@@ -230,19 +330,18 @@ class ConsumerApi:
         end = min(now, int(onchain["endsAt"])) if not onchain["closed"] else int(
             onchain["closedAt"])
         cost = max(0, end - int(onchain["openedAt"])) * int(onchain["pricePerSecond"])
-        extra = {"id": session_id, "secondsLeft": max(0, int(onchain["endsAt"]) - now)
-                 if not onchain["closed"] else 0,
-                 "costSoFar": str(min(cost, int(onchain["stake"])))}
-        return web.json_response(wire({**onchain, **extra}))
+        left = max(0, int(onchain["endsAt"]) - now) if not onchain["closed"] else 0
+        return json_response(OnChainSession, {**onchain, "id": session_id, "secondsLeft": left,
+                                              "costSoFar": min(cost, int(onchain["stake"]))})
 
     async def close_session(self, request: web.Request) -> web.Response:
         session_id = _id32(request.match_info["session"], "session")
-        return web.json_response(await self.sessions.close(session_id))
+        return json_response(Settlement, await self.sessions.close(session_id))
 
 
-def _id32(value: str, what: str) -> str:
+def _id32(value: str, what: str, *, param: str | None = None) -> str:
     try:
         return "0x" + to_bytes32(value).hex()
     except ValueError:
         raise ApiError(400, f"invalid_{what}_id", f"{what} id must be 0x + 64 hex digits",
-                       param=what) from None
+                       param=param or what) from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from proxy_router.chain.index import MarketIndex
 from proxy_router.consumer.errors import ApiError
 from proxy_router.consumer.schemas import ChatRequest
 from proxy_router.consumer.sessions import ConsumerSession, SessionManager
+from proxy_router.metrics import Metrics
 from proxy_router.rpc import ErrorCode, RpcError, RpcStream, RpcUnavailable
 
 log = structlog.get_logger(__name__)
@@ -56,12 +58,14 @@ class Reply:
 
 class ChatService:
     def __init__(self, sessions: SessionManager, index: MarketIndex, *,
-                 session_duration: int, failover: bool, first_token_timeout: float) -> None:
+                 session_duration: int, failover: bool, first_token_timeout: float,
+                 metrics: Metrics | None = None) -> None:
         self.sessions = sessions
         self.index = index
         self.session_duration = session_duration
         self.failover = failover
         self.first_token_timeout = first_token_timeout
+        self.metrics = metrics or Metrics("consumer")
         self._background: set[asyncio.Task[None]] = set()
 
     def resolve_model(self, name: str) -> dict[str, Any]:
@@ -73,20 +77,35 @@ class ChatService:
         return model
 
     async def start(self, req: ChatRequest, session_id: str | None) -> Reply:
-        """Send the prompt and wait for its first chunk, failing over when allowed."""
+        """Send the prompt and wait for its first chunk, failing over when allowed.
+        The time this takes is the client's time to first token."""
+        begun = time.perf_counter()
+
         async def started(reply: Reply) -> Reply:
             return reply
-        return await self._with_failover(req, session_id, started)
+        reply = await self._with_failover(req, session_id, started)
+        self.metrics.observe_answer(self._model_name(reply), usage=None,
+                                    ttft_s=time.perf_counter() - begun)
+        return reply
+
+    def finished(self, reply: Reply) -> None:
+        """A streamed answer completed: count its tokens (from the signed trailer)."""
+        self.metrics.observe_answer(self._model_name(reply), ttft_s=None, usage=reply.usage)
 
     async def complete(self, req: ChatRequest, session_id: str | None
                        ) -> tuple[dict[str, Any], ConsumerSession]:
         """A whole non-streamed answer. Nothing reaches the client before it is
         complete, so a provider failing at any point is failed over."""
-        async def finished(reply: Reply) -> tuple[dict[str, Any], ConsumerSession]:
+        async def whole(reply: Reply) -> tuple[dict[str, Any], ConsumerSession]:
             async for _ in reply.stream:  # the signed trailer checks integrity
                 pass
+            self.finished(reply)
             return json.loads(reply.first), reply.session
-        return await self._with_failover(req, session_id, finished)
+        return await self._with_failover(req, session_id, whole)
+
+    def _model_name(self, reply: Reply) -> str:
+        model = self.index.models.get(reply.session.model_id.lower()) or {}
+        return str(model.get("name") or reply.session.model_id)
 
     async def _with_failover(self, req: ChatRequest, session_id: str | None,
                              consume: Callable[[Reply], Awaitable[T]]) -> T:

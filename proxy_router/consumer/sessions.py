@@ -63,9 +63,16 @@ class ConsumerSession:
                    status=row["status"])
 
     def public(self) -> dict[str, Any]:
-        return {"sessionId": self.session_id, "modelId": self.model_id, "bidId": self.bid_id,
-                "provider": self.provider, "endpoint": self.endpoint, "stake": str(self.stake),
-                "openedAt": self.opened_at, "endsAt": self.ends_at, "status": self.status}
+        """The API's view (``schemas.LocalSession``): everything but the session key."""
+        return public_row({**self.row(), "close_tx": None})
+
+
+def public_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored session row as the API shows it (``schemas.LocalSession``)."""
+    return {"sessionId": row["session_id"], "modelId": row["model_id"],
+            "bidId": row["bid_id"], "provider": row["provider"], "endpoint": row["endpoint"],
+            "stake": row["stake"], "openedAt": row["opened_at"], "endsAt": row["ends_at"],
+            "status": row["status"], "closeTx": row.get("close_tx")}
 
 
 class SessionManager:
@@ -120,6 +127,10 @@ class SessionManager:
             offset += limit
             if offset >= int(total):
                 break
+
+    @property
+    def open_count(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.status == "open")
 
     def touch(self, session_id: str) -> None:
         self.last_used[session_id] = time.time()

@@ -24,6 +24,7 @@ from proxy_router.chain.encoding import Approval, Receipt, sign_blob
 from proxy_router.chain.errors import ChainError
 from proxy_router.chain.index import MarketIndex
 from proxy_router.chain.marketplace import Marketplace, to_bytes32
+from proxy_router.metrics import Metrics
 from proxy_router.provider.backend import (
     BackendError,
     BackendFailure,
@@ -62,7 +63,8 @@ class ProviderNode:
     def __init__(self, *, account: LocalAccount, market: Marketplace, index: MarketIndex,
                  models: ModelsConfig, backend_urls: dict[str, str], store: Store,
                  http: aiohttp.ClientSession, backend_timeouts: BackendTimeouts | None = None,
-                 capacity: CapacityManager | None = None, close_grace_s: int = 60) -> None:
+                 capacity: CapacityManager | None = None, close_grace_s: int = 60,
+                 metrics: Metrics | None = None) -> None:
         self.account = account
         self.address = account.address
         self.market = market
@@ -77,6 +79,7 @@ class ProviderNode:
             for m in models.models
         }
         self.close_grace_s = close_grace_s
+        self.metrics = metrics or Metrics("provider")
         self._http = http
         self._sessions: dict[str, dict[str, Any]] = {}
         self._issued: dict[tuple[str, str], set[int]] = {}
@@ -93,6 +96,13 @@ class ProviderNode:
     def chain_now(self) -> int:
         """Chain time: wall clock, or the newest block's timestamp when that is ahead."""
         return max(int(time.time()), self.index.head_timestamp)
+
+    @property
+    def open_sessions(self) -> int:
+        """Sessions with this provider that the index knows open (read at scrape time)."""
+        me = self.address.lower()
+        return sum(1 for s in self.index.sessions.values()
+                   if not s.get("closed") and str(s.get("provider", "")).lower() == me)
 
     async def _on_event(self, name: str, args: dict[str, Any]) -> None:
         if str(args.get("provider", "")).lower() != self.address.lower():
@@ -181,6 +191,9 @@ class ProviderNode:
         ctx.trailer["usage"] = {"prompt_tokens": usage.prompt_tokens,
                                 "completion_tokens": usage.completion_tokens,
                                 "ttft_ms": usage.ttft_ms, "tps_x1000": usage.tps_x1000}
+        self.metrics.observe_answer(backend.model_name, usage=ctx.trailer["usage"],
+                                    ttft_s=usage.ttft_ms / 1000 if body.get("stream", True)
+                                    else None)
         await self.store.record_usage(session_id, usage.prompt_tokens, usage.completion_tokens,
                                       usage.ttft_ms, usage.tps_x1000)
 

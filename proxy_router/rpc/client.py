@@ -491,6 +491,11 @@ class RpcPool:
     def __len__(self) -> int:
         return len(self._clients)
 
+    @property
+    def connected(self) -> int:
+        """Clients whose socket is open now."""
+        return sum(1 for c in self._clients.values() if c.connected)
+
     def get(self, endpoint: str, provider_address: str) -> RpcClient:
         key = (endpoint, provider_address.lower())
         client = self._clients.get(key)

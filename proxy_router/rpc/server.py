@@ -30,9 +30,10 @@ import base64
 import hashlib
 import inspect
 import json
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -70,6 +71,17 @@ UnaryHandler = Callable[[dict[str, Any], "RequestContext"], Awaitable[dict[str, 
 StreamHandler = Callable[[dict[str, Any], "RequestContext"], AsyncIterator[Chunk]]
 H = TypeVar("H", bound=UnaryHandler | StreamHandler)
 _MAX_CREDIT = STREAM_WINDOW * 64
+OK = "OK"
+
+
+class RpcObserver(Protocol):
+    """Told once per request (never per chunk), e.g. ``proxy_router.metrics.Metrics``."""
+
+    def rpc_done(self, method: str, code: str, seconds: float) -> None:
+        """A registered method finished: ``code`` is ``OK`` or the error code sent."""
+
+    def rpc_frame_rejected(self, code: str) -> None:
+        """A frame was refused before dispatch (bad shape, signature, stale, replayed)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -171,8 +183,10 @@ class RpcServer:
                  version: str = __version__, max_inflight: int = 1024,
                  heartbeat: float | None = 30.0, credit_timeout: float = 120.0,
                  max_frame_bytes: int = MAX_FRAME_BYTES,
-                 cipher_cache: CipherCache | None = None) -> None:
+                 cipher_cache: CipherCache | None = None,
+                 observer: RpcObserver | None = None) -> None:
         self.signer = signer
+        self.observer = observer
         self.replay_guard = replay_guard or ReplayGuard()
         self.version = version
         self.max_inflight = max_inflight
@@ -282,6 +296,8 @@ class RpcServer:
         try:
             ctx = self._authenticate(frame, conn)
         except RpcError as exc:
+            if self.observer is not None:
+                self.observer.rpc_frame_rejected(str(exc.code))
             if "id" in frame:
                 await conn.send_signed(error_frame(rid if is_request_id(rid) else None, exc, re))
             else:
@@ -347,6 +363,7 @@ class RpcServer:
     async def _run_unary(self, conn: _Connection, handler: UnaryHandler,
                          ctx: RequestContext) -> None:
         rid = ctx.request_id
+        started = time.perf_counter()
         try:
             result = await handler(ctx.params, ctx)
             if not isinstance(result, dict):
@@ -359,6 +376,7 @@ class RpcServer:
             frame = error_frame(rid, RpcError(ErrorCode.INTERNAL, "internal error"), ctx.nonce)
         finally:
             conn.inflight.pop(rid, None)
+        self._observe(ctx.method, frame, started)
         await _send_final(conn, frame, ctx)
 
     async def _run_stream(self, conn: _Connection, handler: StreamHandler,
@@ -371,6 +389,7 @@ class RpcServer:
         prefix = chunk_aad_prefix(rid, ctx.nonce)
         id_json = json.dumps(rid)
         send = conn.ws.send_str
+        started = time.perf_counter()
         try:
             gen = handler(ctx.params, ctx)
             try:
@@ -395,6 +414,7 @@ class RpcServer:
             result = {**ctx.trailer, "chunks": seq, "digest": "0x" + digest.hexdigest()}
             frame = result_frame(rid, result, ctx.nonce)
         except _PeerGone:
+            self._observe(ctx.method, None, started)
             return  # our socket is gone; nobody to tell (a handler's ConnectionError is not this)
         except RpcError as exc:
             data = {**(exc.data or {}), "chunks": seq}
@@ -405,7 +425,14 @@ class RpcServer:
             frame = error_frame(rid, error, ctx.nonce)
         finally:
             conn.inflight.pop(rid, None)
+        self._observe(ctx.method, frame, started)
         await _send_final(conn, frame, ctx)
+
+    def _observe(self, method: str, frame: dict[str, Any] | None, started: float) -> None:
+        if self.observer is not None:
+            code = "PEER_GONE" if frame is None else (
+                str(frame["error"]["code"]) if "error" in frame else OK)
+            self.observer.rpc_done(method, code, time.perf_counter() - started)
 
 
 async def _send_final(conn: _Connection, frame: dict[str, Any], ctx: RequestContext) -> None:

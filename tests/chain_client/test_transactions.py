@@ -10,7 +10,8 @@ import pytest
 from proxy_router.chain.client import ChainClient, FeePolicy
 from proxy_router.chain.errors import ChainUnavailable, ContractReverted
 from proxy_router.testing.anvil import dev_address, dev_key, rpc
-from tests.conftest import OTHER, USER, Chain
+from tests.chain.helpers import ONE_HOUR_STAKE, addr, latest_timestamp, onboard, sign_approval
+from tests.conftest import OTHER, PROVIDER, USER, Chain
 
 DEAD = "http://127.0.0.1:9"
 
@@ -74,3 +75,16 @@ async def test_a_nonce_used_elsewhere_is_recovered(chain: Chain):
     finally:
         await mine.close()
         await other.close()
+
+
+async def test_gas_is_estimated_for_the_next_block_not_the_last_one(chain: Chain):
+    """On an idle chain the latest block is old, but a transaction goes into the next one:
+    an approval dated at that next block's time must pass estimation as it passes on chain."""
+    provider, user = await chain.market(PROVIDER), await chain.market(USER)
+    offer = await onboard(provider)
+    await user.ensure_allowance(ONE_HOUR_STAKE)  # so that openSession is the next block
+    rpc(chain.anvil.rpc_url, "evm_increaseTime", [120])  # two idle minutes, nothing mined
+    now = await latest_timestamp(provider) + 120
+    approval, signature = await sign_approval(provider, offer.bid_id, addr(user), timestamp=now)
+    session_id, _ = await user.open_session(ONE_HOUR_STAKE, approval, signature)
+    assert (await user.get_session(session_id))["openedAt"] >= now

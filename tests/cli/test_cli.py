@@ -37,6 +37,10 @@ def test_help_names_both_roles(tmp_path: Path):
     ("ETH_NODE_ADDRESS", "ftp://x", "ETH_NODE_ADDRESS must be one or more"),
     ("WEB_ADDRESS", "localhost", "WEB_ADDRESS must be host:port"),
     ("SESSION_DURATION_S", "5", "SESSION_DURATION_S"),
+    ("API_TOKEN", "short", "API_TOKEN must be at least 16 characters"),
+    ("API_BASIC_AUTH", "no-colon", "API_BASIC_AUTH must be user:password"),
+    ("CORS_ORIGINS", "*", "CORS_ORIGINS '*' is not an origin"),
+    ("CORS_ORIGINS", "https://ok.example,https://x.example/path", "CORS_ORIGINS"),
 ])
 def test_an_invalid_variable_is_named_with_exit_code_2_and_no_traceback(
         tmp_path: Path, var: str, value: str, expected: str):
@@ -44,6 +48,18 @@ def test_an_invalid_variable_is_named_with_exit_code_2_and_no_traceback(
     assert out.returncode == 2
     assert expected in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:8082", ":8082", "192.168.1.10:8082"])
+def test_a_consumer_listening_beyond_loopback_without_a_credential_refuses_to_start(
+        tmp_path: Path, address: str):
+    # API_TOKEN= and API_BASIC_AUTH= left empty, as in .env.example, mean "not set".
+    out = run_cli(tmp_path, "--role", "consumer", env={
+        **GOOD, "WEB_ADDRESS": address, "API_TOKEN": "", "API_BASIC_AUTH": ""})
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"invalid configuration: API_TOKEN (or API_BASIC_AUTH) is required when WEB_ADDRESS "
+        f"({address}) is not a loopback address"]
 
 
 def test_a_missing_variable_is_reported_as_required(tmp_path: Path):

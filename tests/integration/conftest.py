@@ -1,9 +1,10 @@
 """Whole-stack fixtures: real anvil, real contracts, real routers as processes.
 
-``devnet`` runs llama.cpp with the real SmolLM2-135M model (the paid path);
-``mock_devnet`` runs the same routers in front of a MOCK OpenAI backend that a
-test can stop or slow down, for failure cases the real model cannot produce on
-demand. Each is torn down with every process it started.
+``devnet`` (in ``tests/conftest.py``, shared with the browser tests) runs
+llama.cpp with the real SmolLM2-135M model (the paid path); ``mock_devnet`` runs
+the same routers in front of a MOCK OpenAI backend that a test can stop or slow
+down, for failure cases the real model cannot produce on demand. Each is torn
+down with every process it started.
 """
 
 from __future__ import annotations
@@ -24,21 +25,12 @@ import pytest
 from proxy_router.chain.client import ChainClient
 from proxy_router.chain.marketplace import Marketplace
 from proxy_router.config import Settings
+from proxy_router.consumer.access import token_path
 from proxy_router.devnet import Devnet, DevnetState, stop_pid
 from proxy_router.runtime import Router
 from proxy_router.testing.ports import free_port
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="session")
-def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetState]:
-    net = Devnet(tmp_path_factory.mktemp("devnet"), progress=lambda _: None)
-    state = net.up()
-    try:
-        yield state
-    finally:
-        net.down()
 
 
 @dataclass
@@ -132,6 +124,11 @@ class InProcessConsumer:
     @property
     def url(self) -> str:
         return self.base + "/v1"
+
+    def auth(self) -> dict[str, str]:
+        """Headers that let a request open and close sessions (the generated token)."""
+        token = token_path(self.router.settings.proxy_storage_path).read_text().strip()
+        return {"Authorization": f"Bearer {token}"}
 
 
 @asynccontextmanager

@@ -179,14 +179,15 @@ async def wait_provider_idle(state: DevnetState, timeout: float = 15) -> None:
 async def open_session(state: DevnetState, duration: int = DURATION) -> str:
     status, body = await request(
         "POST", f"{state.consumer_base}/blockchain/models/{state.model_id}/session",
-        json_body={"sessionDuration": duration})
+        json_body={"sessionDuration": duration}, headers=state.auth())
     assert status == 201, body
     return str(body["sessionId"])
 
 
 async def close_session(state: DevnetState, session_id: str) -> dict[str, Any]:
     status, body = await request(
-        "POST", f"{state.consumer_base}/blockchain/sessions/{session_id}/close")
+        "POST", f"{state.consumer_base}/blockchain/sessions/{session_id}/close",
+        headers=state.auth())
     assert status == 200, body
     return body
 
@@ -228,7 +229,7 @@ async def travel(state: DevnetState, seconds: int) -> None:
 async def my_session_ids(base: str) -> set[str]:
     status, rows = await request("GET", f"{base}/blockchain/sessions")
     assert status == 200, rows
-    return {row["session_id"] for row in rows}
+    return {row["sessionId"] for row in rows}
 
 
 @asynccontextmanager
@@ -336,7 +337,7 @@ async def test_a_session_request_with_a_bad_duration_is_a_400(state: DevnetState
     before = await holdings(market, state)
     status, body = await request(
         "POST", f"{state.consumer_base}/blockchain/models/{state.model_id}/session",
-        json_body={"sessionDuration": 10})
+        json_body={"sessionDuration": 10}, headers=state.auth())
     assert status == 400
     assert error_of(body, "invalid_parameter")["param"] == "sessionDuration"
     assert await holdings(market, state) == before
@@ -354,7 +355,8 @@ async def test_an_unknown_model_is_a_404_everywhere_and_touches_no_chain(
         assert status == 404, path
         assert "`nope`" in error_of(body, "model_not_found")["message"]
     status, body = await request("POST",
-                                 f"{state.consumer_base}/blockchain/models/nope/session")
+                                 f"{state.consumer_base}/blockchain/models/nope/session",
+                                 headers=state.auth())
     assert status == 404
     error_of(body, "model_not_found")
     assert await holdings(market, state) == before
@@ -385,7 +387,7 @@ async def test_insufficient_mor_is_a_402_down_to_the_last_wei_and_sends_no_trans
                 assert f"needs {stake} MOR wei; the wallet holds {balance}" in error["message"]
                 status, body = await request(
                     "POST", f"{consumer.base}/blockchain/models/{state.model_id}/session",
-                    json_body={"sessionDuration": DURATION})
+                    json_body={"sessionDuration": DURATION}, headers=consumer.auth())
                 assert status == 402
                 error_of(body, "insufficient_mor")
                 assert tx_count(state, broke.address) == 0  # not even an approve()
@@ -397,7 +399,8 @@ async def test_insufficient_mor_is_a_402_down_to_the_last_wei_and_sends_no_trans
             assert status == 200, body
             (session_id,) = await my_session_ids(consumer.base)
             status, body = await request(
-                "POST", f"{consumer.base}/blockchain/sessions/{session_id}/close")
+                "POST", f"{consumer.base}/blockchain/sessions/{session_id}/close",
+                headers=consumer.auth())
             assert status == 200, body
     finally:
         await donor.client.close()
@@ -519,7 +522,8 @@ async def test_a_session_cannot_be_used_or_settled_by_another_wallet(
                               headers={"session_id": session_id})
     assert status == 404
     assert error_of(body, "session_not_found")["param"] == "session_id"
-    status, body = await request("POST", f"{other.base}/blockchain/sessions/{session_id}/close")
+    status, body = await request("POST", f"{other.base}/blockchain/sessions/{session_id}/close",
+                                 headers=other.auth())
     assert status == 403
     error_of(body, "not_session_user")
     # And the user's consumer does not know a session id it never opened.
@@ -686,7 +690,7 @@ async def test_an_expired_session_is_a_409_and_settles_at_exactly_its_full_price
     before = await holdings(market, state, patient.address)
     status, body = await request(
         "POST", f"{patient.base}/blockchain/models/{state.model_id}/session",
-        json_body={"sessionDuration": DURATION})
+        json_body={"sessionDuration": DURATION}, headers=patient.auth())
     assert status == 201, body
     session_id = body["sessionId"]
     opened = await market.get_session(session_id)
@@ -702,7 +706,8 @@ async def test_an_expired_session_is_a_409_and_settles_at_exactly_its_full_price
     assert err.value.code == ErrorCode.SESSION_EXPIRED
 
     status, settlement = await request(
-        "POST", f"{patient.base}/blockchain/sessions/{session_id}/close")
+        "POST", f"{patient.base}/blockchain/sessions/{session_id}/close",
+        headers=patient.auth())
     assert status == 200, settlement
     s = await settled(market, session_id)
     assert s["providerEarned"] == DURATION * opened["pricePerSecond"] == opened["stake"]

@@ -90,9 +90,10 @@ async def my_sessions(base: str) -> list[dict]:
         return await resp.json()
 
 
-async def open_session(base: str, bid_id: str) -> str:
+async def open_session(base: str, bid_id: str, auth: dict[str, str]) -> str:
     async with aiohttp.ClientSession() as http, http.post(
-            f"{base}/blockchain/bids/{bid_id}/session", json={"sessionDuration": 600}) as resp:
+            f"{base}/blockchain/bids/{bid_id}/session", json={"sessionDuration": 600},
+            headers=auth) as resp:
         body = await resp.json()
         assert resp.status == 201, body
         return body["sessionId"]
@@ -120,7 +121,7 @@ async def test_provider_killed_mid_answer_fails_over_to_the_next_bid(faults: Fau
         alive = sessions[dev_address(SECOND_PROVIDER).lower()]
         assert alive["status"] == "open"
         # The dead provider's session is settled without its receipt: a dispute.
-        settled = await wait_closed(market, dead["session_id"])
+        settled = await wait_closed(market, dead["sessionId"])
         assert_settled_to_the_wei(settled)
         assert settled["disputed"] and settled["held"] == settled["providerEarned"]
         after = await holdings(market, faults)
@@ -140,7 +141,8 @@ async def test_consumer_killed_with_open_sessions_settles_them_after_restart(
             market.contract, "getActiveBidId", dev_address(SECOND_PROVIDER),
             bytes.fromhex(faults.state.model_id[2:]))]
         session_ids = [await open_session(faults.state.consumer_base,
-                                          "0x" + bytes(b).hex() if isinstance(b, bytes) else b)
+                                          "0x" + bytes(b).hex() if isinstance(b, bytes) else b,
+                                          faults.state.auth())
                        for b in bids]
         before = await holdings(market, faults)
         faults.net.kill("consumer")
@@ -217,7 +219,8 @@ async def test_a_dead_first_rpc_url_does_not_stop_a_paid_chat(faults: Faults):
             assert resp.status == 200, reply
             session_id = resp.headers["X-Session-Id"]
         async with aiohttp.ClientSession() as http, http.post(
-                f"{base}/blockchain/sessions/{session_id}/close") as resp:
+                f"{base}/blockchain/sessions/{session_id}/close",
+                headers=faults.state.auth(f"consumer{SECOND_USER}")) as resp:
             assert resp.status == 200, await resp.text()
         assert_settled_to_the_wei(await market.get_session(session_id))
         after = await holdings(market, faults)

@@ -22,7 +22,8 @@ def openai_client(state: DevnetState) -> AsyncOpenAI:
 
 async def close_session(state: DevnetState, session_id: str) -> dict:
     async with aiohttp.ClientSession() as http, http.post(
-            f"{state.consumer_base}/blockchain/sessions/{session_id}/close") as resp:
+            f"{state.consumer_base}/blockchain/sessions/{session_id}/close",
+            headers=state.auth()) as resp:
         assert resp.status == 200, await resp.text()
         return await resp.json()
 
@@ -73,8 +74,8 @@ async def test_closing_a_session_settles_it_to_the_wei(devnet: DevnetState,
     before = await mor_holdings(reader, devnet)
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{devnet.consumer_base}/blockchain/models/"
-                             f"{devnet.model_id}/session", json={"sessionDuration": 600}
-                             ) as resp:
+                             f"{devnet.model_id}/session", json={"sessionDuration": 600},
+                             headers=devnet.auth()) as resp:
             assert resp.status == 201, await resp.text()
             session_id = (await resp.json())["sessionId"]
         async with http.post(f"{devnet.consumer_url}/chat/completions",

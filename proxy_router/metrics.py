@@ -1,0 +1,198 @@
+"""Prometheus metrics of a router (``GET /metrics``): every metric is defined here.
+
+Each router owns one ``Metrics`` with its own ``CollectorRegistry`` (tests run
+several routers in one process). Names follow Prometheus conventions: the
+``proxy_router_`` prefix, ``_total`` counters, ``_seconds`` histograms, base
+units. MOR is counted in **wei** (1 MOR = 10**18 wei), the unit of every amount
+in the API and on chain, as a float counter (about 15 significant digits).
+
+Where each fact is measured, never per streamed chunk:
+
+- HTTP requests (both roles): ``middleware``, by method, route *template* and status.
+- MOR-RPC requests (provider): ``RpcServer`` calls ``rpc_done``/``rpc_rejected``.
+- Time to first token and tokens, once per answer: the consumer's ``ChatService``
+  (the client's view, session opening included; tokens from the provider's signed
+  usage trailer) and the provider's ``session.prompt`` (the backend's view).
+- Sessions and MOR: Marketplace events folded by the market index
+  (``follow_market``), so a settlement counts whoever sent the transaction.
+- Active sessions, index lag and MOR-RPC connections: callback gauges read at
+  scrape time (``watch``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from proxy_router.chain.index import MarketIndex
+
+Role = Literal["consumer", "provider"]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Methods get their own label value; anything else is "other" (bounded cardinality).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "unmatched"
+CLIENT_GONE = 499  # nginx's code for "the client closed the connection first"
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    120.0, 300.0)
+
+
+class Metrics:
+    def __init__(self, role: Role) -> None:
+        self.role = role
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter(
+            "proxy_router_http_requests_total",
+            "HTTP requests by method, route template and status code",
+            ["method", "route", "status"], registry=r)
+        self.http_duration = Histogram(
+            "proxy_router_http_request_duration_seconds",
+            "HTTP request duration until the response is complete (a stream's whole length)",
+            ["method", "route"], buckets=DURATION_BUCKETS, registry=r)
+        self.rpc_requests = Counter(
+            "proxy_router_rpc_requests_total",
+            "MOR-RPC requests served, by method and result code (OK or the error code)",
+            ["method", "code"], registry=r)
+        self.rpc_duration = Histogram(
+            "proxy_router_rpc_request_duration_seconds",
+            "MOR-RPC request duration until the final frame (a stream's whole length)",
+            ["method"], buckets=DURATION_BUCKETS, registry=r)
+        self.rpc_rejected = Counter(
+            "proxy_router_rpc_frames_rejected_total",
+            "MOR-RPC frames refused before any handler ran (bad signature, stale, replayed...)",
+            ["code"], registry=r)
+        self.ttft = Histogram(
+            "proxy_router_time_to_first_token_seconds",
+            "Time to the first streamed chunk: from the client's request at the consumer "
+            "(session opening included), from the accepted prompt at the provider",
+            ["model"], buckets=TTFT_BUCKETS, registry=r)
+        self.tokens = Counter(
+            "proxy_router_tokens_total",
+            "Tokens of completed answers as measured by the provider, by model and type "
+            "(prompt = in, completion = out)",
+            ["model", "type"], registry=r)
+        party = "this wallet" if role == "consumer" else "this provider"
+        self.sessions_opened = Counter(
+            "proxy_router_sessions_opened_total", f"Sessions opened on chain for {party}",
+            registry=r)
+        self.sessions_closed = Counter(
+            "proxy_router_sessions_closed_total",
+            f"Sessions of {party} settled on chain, by whether the close was disputed",
+            ["disputed"], registry=r)
+        if role == "consumer":
+            self.mor = Counter(
+                "proxy_router_spent_mor_wei_total",
+                "MOR (in wei) this wallet paid for sessions settled on chain",
+                registry=r)
+        else:
+            self.mor = Counter(
+                "proxy_router_earned_mor_wei_total",
+                "MOR (in wei) paid out to this provider: settled sessions and claimed "
+                "disputed shares", registry=r)
+        self.sessions_active = Gauge(
+            "proxy_router_sessions_active", f"Open sessions of {party}", registry=r)
+        self.index_lag = Gauge(
+            "proxy_router_index_lag_blocks",
+            "Blocks between the chain head and the market index's checkpoint", registry=r)
+        self.rpc_connections = Gauge(
+            "proxy_router_rpc_connections", "Open MOR-RPC connections", registry=r)
+
+    # -- wiring ---------------------------------------------------------------------------
+
+    def watch(self, *, index: MarketIndex, active_sessions: Callable[[], int],
+              rpc_connections: Callable[[], int]) -> None:
+        """Gauges computed at scrape time from the router's own state."""
+        self.index_lag.set_function(lambda: index.lag_blocks)
+        self.sessions_active.set_function(active_sessions)
+        self.rpc_connections.set_function(rpc_connections)
+
+    def follow_market(self, index: MarketIndex, address: str) -> None:
+        """Count sessions and MOR from Marketplace events that concern ``address``
+        (as the user on a consumer, as the provider on a provider)."""
+        me = address.lower()
+        party = "user" if self.role == "consumer" else "provider"
+
+        def ours(args: dict[str, Any]) -> bool:
+            if party in args:
+                return str(args[party]).lower() == me
+            session = index.sessions.get(str(args.get("sessionId", "")).lower()) or {}
+            return str(session.get(party, "")).lower() == me
+
+        def on_event(name: str, args: dict[str, Any]) -> None:
+            if name not in {"SessionOpened", "SessionSettled", "ProviderClaimed"} \
+                    or not ours(args):
+                return
+            if name == "SessionOpened":
+                self.sessions_opened.inc()
+            elif name == "SessionSettled":
+                self.sessions_closed.labels(str(bool(args["disputed"])).lower()).inc()
+                earned, held = int(args["providerEarned"]), int(args["held"])
+                # The user pays the provider's whole share; a disputed share reaches the
+                # provider later, by ProviderClaimed.
+                self.mor.inc(earned if self.role == "consumer" else earned - held)
+            elif self.role == "provider":
+                self.mor.inc(int(args["amount"]))
+
+        index.subscribe(on_event)
+
+    # -- observations -------------------------------------------------------------------------
+
+    def observe_answer(self, model: str, *, ttft_s: float | None,
+                       usage: dict[str, Any] | None) -> None:
+        """One answer: its time to first token (streams only) and its token counts."""
+        if ttft_s is not None:
+            self.ttft.labels(model).observe(ttft_s)
+        if usage:
+            self.tokens.labels(model, "prompt").inc(int(usage.get("prompt_tokens") or 0))
+            self.tokens.labels(model, "completion").inc(
+                int(usage.get("completion_tokens") or 0))
+
+    def rpc_done(self, method: str, code: str, seconds: float) -> None:
+        self.rpc_requests.labels(method, code).inc()
+        self.rpc_duration.labels(method).observe(seconds)
+
+    def rpc_frame_rejected(self, code: str) -> None:
+        self.rpc_rejected.labels(code).inc()
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except (ConnectionResetError, asyncio.CancelledError):
+            status = CLIENT_GONE
+            raise
+        finally:
+            method = request.method if request.method in METHODS else "other"
+            route = route_template(request)
+            self.http_requests.labels(method, route, str(status)).inc()
+            if status != 101:  # a WebSocket's "duration" is the connection's lifetime
+                self.http_duration.labels(method, route).observe(
+                    time.perf_counter() - started)
+
+    async def handler(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry),
+                            headers={"Content-Type": CONTENT_TYPE})
+
+
+def route_template(request: web.Request) -> str:
+    """The matched route's path template (``/blockchain/sessions/{session}``), never the
+    raw path, so ids do not become label values."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED
