@@ -24,6 +24,7 @@ from proxy_router.chain.marketplace import Marketplace
 from proxy_router.config import Settings, split_host_port
 from proxy_router.health import health_response
 from proxy_router.metrics import Metrics
+from proxy_router.periodic import run_periodically
 from proxy_router.store.db import Store
 
 log = structlog.get_logger(__name__)
@@ -137,7 +138,8 @@ class Router:
         self.metrics.watch(index=self.index, active_sessions=lambda: node.open_sessions,
                            rpc_connections=lambda: rpc.open_connections)
         self.tasks.append(asyncio.create_task(
-            node.run_sweeper(self.settings.session_sweep_interval_s), name="sweeper"))
+            run_periodically(node.sweep, self.settings.session_sweep_interval_s, "provider-sweep"),
+            name="sweeper"))
         app = web.Application(middlewares=[self.metrics.middleware])
         rpc.add_routes(app)
         started = time.time()
@@ -167,7 +169,8 @@ class Router:
                                   idle_timeout_s=self.settings.session_idle_timeout_s)
         await sessions.load()
         self.tasks.append(asyncio.create_task(
-            sessions.run_sweeper(self.settings.session_sweep_interval_s), name="sweeper"))
+            run_periodically(sessions.sweep, self.settings.session_sweep_interval_s,
+                             "consumer-sweep"), name="sweeper"))
         chat = ChatService(sessions, self.index,
                            session_duration=self.settings.session_duration_s,
                            failover=self.settings.failover_enabled,

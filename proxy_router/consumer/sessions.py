@@ -158,14 +158,6 @@ class SessionManager:
                 log.warning("session_auto_close_failed", session=session.session_id,
                             error=str(exc))
 
-    async def run_sweeper(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("session_sweep_failed")
-
     def chain_now(self) -> int:
         return max(int(time.time()), self.index.head_timestamp)
 

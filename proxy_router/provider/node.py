@@ -8,7 +8,6 @@ user settles with, ``provider.capabilities`` describes this node.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -274,14 +273,6 @@ class ProviderNode:
             except ChainError as exc:
                 # Reverts here mean the user settled first: the index catches up.
                 log.info("provider_settlement_skipped", session=session_id, error=str(exc))
-
-    async def run_sweeper(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("provider_sweep_failed")
 
     # -- health -----------------------------------------------------------------
 
