@@ -25,7 +25,7 @@ from tests.integration.conftest import MockBackend, market_for
 
 pytestmark = pytest.mark.integration
 
-SECOND_PROVIDER, SECOND_USER = 4, 5
+SECOND_PROVIDER, SECOND_USER, LEFT_OPEN_USER = 4, 5, 6
 SLOW_TOKENS = ["--tokens", "40", "--token-delay", "0.05"]  # ~2 s per answer
 
 
@@ -225,6 +225,65 @@ async def test_a_dead_first_rpc_url_does_not_stop_a_paid_chat(faults: Faults):
         assert_settled_to_the_wei(await market.get_session(session_id))
         after = await holdings(market, faults)
         assert sum(after.values()) == sum(before.values())
+    finally:
+        await market.client.close()
+
+
+async def travel(state: DevnetState, seconds: int) -> None:
+    """Move chain time; routers see it at their next index poll (0.5 s)."""
+    from proxy_router.testing.anvil import rpc
+
+    rpc(state.rpc_url, "evm_increaseTime", [seconds])
+    rpc(state.rpc_url, "evm_mine")
+    await asyncio.sleep(1.0)
+
+
+async def test_provider_closes_a_session_its_user_left_open_and_is_paid_in_full(
+        faults: Faults):
+    """No consumer runs for this user: after endsAt + grace the provider settles."""
+    from proxy_router.rpc import RpcClient, SessionKey, Signer
+
+    state, user = faults.state, LEFT_OPEN_USER
+    async with RpcClient(state.provider_endpoint, Signer.from_key(_key(user)),
+                         state.provider_address) as rpc_client:
+        reply = await rpc_client.call("session.request", {
+            "bidId": state.bid_id, "key": SessionKey.generate().public_key_hex})
+    market = await market_for(state, _key(user))
+    try:
+        bid = await market.get_bid(state.bid_id)
+        stake = bid["pricePerSecond"] * 300
+        session_id, _ = await market.open_session(
+            stake, bytes.fromhex(reply["approval"][2:]), bytes.fromhex(reply["approvalSig"][2:]))
+        provider_before = await market.mor_balance(state.provider_address)
+        await travel(state, 300 + 10)  # past endsAt + the 5 s grace of this devnet
+        session = await wait_closed(market, session_id)
+        assert_settled_to_the_wei(session)
+        assert not session["disputed"] and session["providerEarned"] == stake
+        assert await market.mor_balance(state.provider_address) == provider_before + stake
+    finally:
+        await market.client.close()
+
+
+async def test_provider_claims_a_disputed_share_once_the_window_has_passed(faults: Faults):
+    """The dispute from the killed provider's session is claimed by its sweeper."""
+    state = faults.state
+    market = await market_for(state)
+    try:
+        ids, _ = await market.client.call(market.contract, "getSessionsByProvider",
+                                          state.provider_address, 0, 100)
+        sessions = {"0x" + bytes(i).hex(): await market.get_session(i) for i in ids}
+        disputed = {sid: s for sid, s in sessions.items()
+                    if s["disputed"] and s["held"] and not s["claimed"]}
+        assert disputed, "the failover test leaves a disputed session"
+        before = await market.mor_balance(state.provider_address)
+        await travel(state, await market.param("disputeWindow") + 10)
+        deadline = time.monotonic() + 45
+        for session_id in disputed:
+            while not (await market.get_session(session_id))["claimed"]:
+                assert time.monotonic() < deadline, "disputed share not claimed"
+                await asyncio.sleep(0.5)
+        held = sum(s["held"] for s in disputed.values())
+        assert await market.mor_balance(state.provider_address) == before + held
     finally:
         await market.client.close()
 
