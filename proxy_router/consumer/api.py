@@ -44,6 +44,7 @@ from proxy_router.consumer.schemas import (
     parse_body,
 )
 from proxy_router.consumer.sessions import SessionManager, public_row
+from proxy_router.consumer.sse import USAGE_KEY, as_sse, filter_usage, first_event
 from proxy_router.health import Health, health_response
 from proxy_router.metrics import Metrics
 from proxy_router.rpc import RpcError, RpcUnavailable
@@ -240,15 +241,17 @@ class ConsumerApi:
                                            "Cache-Control": "no-cache"})
         await resp.prepare(request)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        first = json.loads(reply.first)
         saw_usage = False
+        write = resp.write
         try:
             async for chunk in reply.chunks():
-                if b'"usage":{' in chunk:
-                    saw_usage = True
-                    if not include_usage and b'"choices":[]' in chunk:
+                chunk = as_sse(chunk)
+                if USAGE_KEY in chunk:  # rare: the stream's last event
+                    chunk, saw = filter_usage(chunk, include_usage)
+                    saw_usage |= saw
+                    if not chunk:
                         continue
-                await resp.write(b"data: " + chunk + b"\n\n")
+                await write(chunk)
         except (RpcError, RpcUnavailable) as exc:
             # Text already reached the client, so no retry: end the stream with the
             # error, and stop using a provider that broke mid-answer.
@@ -261,6 +264,7 @@ class ConsumerApi:
             self.chat.finished(reply)
             usage = reply.usage
             if include_usage and not saw_usage and usage:
+                first = first_event(as_sse(reply.first))
                 final = ChatCompletionChunk(
                     id=first.get("id", ""), created=first.get("created", 0),
                     model=first.get("model", ""), choices=[], usage=Usage(
@@ -268,8 +272,7 @@ class ConsumerApi:
                         completion_tokens=usage["completion_tokens"],
                         total_tokens=usage["prompt_tokens"] + usage["completion_tokens"]))
                 await resp.write(b"data: " + final.model_dump_json().encode() + b"\n\n")
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
+        await resp.write_eof(b"data: [DONE]\n\n")
         return resp
 
     # -- market ------------------------------------------------------------------

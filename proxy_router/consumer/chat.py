@@ -25,6 +25,7 @@ from proxy_router.consumer.schemas import ChatRequest
 from proxy_router.consumer.sessions import ConsumerSession, SessionManager
 from proxy_router.metrics import Metrics
 from proxy_router.rpc import ErrorCode, RpcError, RpcStream, RpcUnavailable
+from proxy_router.rpc.protocol import SSE_FORMAT
 
 log = structlog.get_logger(__name__)
 
@@ -174,7 +175,7 @@ class ChatService:
         cipher = await client.cipher_for(session.key)
         stream = client.stream("session.prompt",
                                {"sessionId": session.session_id,
-                                "key": session.key.public_key_hex},
+                                "key": session.key.public_key_hex, "format": SSE_FORMAT},
                                cipher=cipher, payload=payload)
         try:
             async with asyncio.timeout(self.first_token_timeout):

@@ -10,6 +10,7 @@ stream broke after it had started.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -22,6 +23,7 @@ JSON = dict[str, Any]
 _DONE = b"[DONE]"
 _DRAIN_AFTER_DONE_S = 1.0  # wait this long for end-of-body so the connection is reused
 _MAX_ERROR_TEXT = 500
+_MAX_BATCH_BYTES = 64 * 1024  # one sealed chunk of raw events (frames are capped at 8 MiB)
 
 
 class BackendFailure(Exception):
@@ -68,12 +70,15 @@ class SSEProtocolError(ValueError):
 
 
 class SSEDecoder:
-    """Incremental decoder of an OpenAI `text/event-stream` into chunk dicts.
+    """Incremental decoder of an OpenAI `text/event-stream`.
 
     Feed it raw bytes as they arrive; it keeps the partial last line between calls,
     joins multi-line `data:` fields, dispatches an event at each blank line, ignores
     comments (`: ping`) and other fields, and sets `done` at `data: [DONE]`.
     Lines end in LF or CRLF (lone-CR endings are not used by OpenAI-style servers).
+
+    `feed_raw()` returns each event's `data` payload as bytes, unparsed (the provider
+    forwards them as they are); `feed()` returns them as parsed JSON objects.
     """
 
     __slots__ = ("_data", "_partial", "done")
@@ -83,53 +88,92 @@ class SSEDecoder:
         self._data: list[bytes] = []
         self.done = False
 
-    def feed(self, data: bytes) -> list[JSON]:
-        """Decode `data`; return the complete events it finished, in order."""
+    def feed_raw(self, data: bytes) -> list[bytes]:
+        """Decode `data`; return the payloads of the complete events it finished, in order.
+
+        The lines of a multi-line `data:` field are joined with a space rather than a
+        newline: for JSON that is the same document, and the payload stays one SSE line.
+        """
+        if self.done:
+            return []
         if self._partial:
             data = self._partial + data
         lines = data.split(b"\n")
         self._partial = lines.pop()
-        out: list[JSON] = []
+        out: list[bytes] = []
         pending = self._data
         for line in lines:
-            if self.done:
-                break
             if line.endswith(b"\r"):
                 line = line[:-1]
             if not line:
                 if pending:
-                    self._dispatch(pending, out)
+                    payload = pending[0] if len(pending) == 1 else b" ".join(pending)
                     pending.clear()
+                    if payload == _DONE:
+                        self.done = True
+                        break
+                    out.append(payload)
             elif line.startswith(b"data:"):
                 value = line[5:]
                 pending.append(value[1:] if value.startswith(b" ") else value)
             # ':' comments and event/id/retry fields carry nothing we use
         return out
 
-    def close(self) -> list[JSON]:
-        """End of stream: dispatch an unterminated last event (lenient to sloppy servers)."""
-        if self._partial:
+    def close_raw(self) -> list[bytes]:
+        """End of stream: the payload of an unterminated last event (lenient to sloppy servers)."""
+        out: list[bytes] = []
+        if self._partial and not self.done:
             tail, self._partial = self._partial, b""
-            out = self.feed(tail + b"\n\n")
-        else:
-            out = []
-        if self._data:
-            self._dispatch(self._data, out)
+            out = self.feed_raw(tail + b"\n\n")
+        if self._data and not self.done:
+            payload = b" ".join(self._data)
             self._data.clear()
+            if payload == _DONE:
+                self.done = True
+            else:
+                out.append(payload)
         return out
 
-    def _dispatch(self, pending: list[bytes], out: list[JSON]) -> None:
-        payload = pending[0] if len(pending) == 1 else b"\n".join(pending)
-        if payload == _DONE:
-            self.done = True
-            return
-        try:
-            event = json.loads(payload)
-        except ValueError as exc:
-            raise SSEProtocolError(f"data is not JSON: {payload[:80]!r}") from exc
-        if not isinstance(event, dict):
-            raise SSEProtocolError(f"data is not a JSON object: {payload[:80]!r}")
-        out.append(event)
+    def feed(self, data: bytes) -> list[JSON]:
+        """Decode `data`; return the complete events it finished, parsed, in order."""
+        return [parse_event(p) for p in self.feed_raw(data)]
+
+    def close(self) -> list[JSON]:
+        """End of stream: dispatch an unterminated last event (lenient to sloppy servers)."""
+        return [parse_event(p) for p in self.close_raw()]
+
+
+def parse_event(payload: bytes) -> JSON:
+    """One `data:` payload as a JSON object, else SSEProtocolError."""
+    try:
+        event = json.loads(payload)
+    except ValueError as exc:
+        raise SSEProtocolError(f"data is not JSON: {payload[:80]!r}") from exc
+    if not isinstance(event, dict):
+        raise SSEProtocolError(f"data is not a JSON object: {payload[:80]!r}")
+    return event
+
+
+_FINISH_KEY = b'"finish_reason":'
+
+
+def needs_parsing(payload: bytes) -> bool:
+    """Whether a streamed event may matter beyond its bytes (found by byte search).
+
+    True for events that may carry a usage object, an error, or a non-null
+    `finish_reason`; the ordinary token chunk (by far the most common) is False and
+    is forwarded without a JSON round trip. A quote inside a JSON string is escaped,
+    so `"usage"` etc. cannot match text inside the model's content.
+    """
+    if b'"usage"' in payload or b'"error"' in payload:
+        return True
+    i = payload.find(_FINISH_KEY)
+    while i >= 0:
+        i += len(_FINISH_KEY)
+        if not payload[i : i + 6].lstrip().startswith(b"null"):
+            return True
+        i = payload.find(_FINISH_KEY, i)
+    return False
 
 
 def extract_error_message(raw: bytes, fallback: str) -> str:
@@ -229,11 +273,36 @@ class OpenAIBackend:
         return resp
 
     async def stream_chat(self, body: Mapping[str, Any]) -> AsyncIterator[JSON]:
-        """Yield each chunk of a streamed chat completion, usage chunk included.
+        """Yield each chunk of a streamed chat completion, parsed, usage chunk included.
 
         Raises BackendUnavailable before the first chunk, BackendError for error
         replies, BackendStreamBroken if the stream ends without `[DONE]`/finish.
         Closing the iterator early closes the connection, which stops generation.
+        (The provider's hot path uses `stream_events`, which skips the JSON parsing.)
+        """
+        chunks = 0
+        async with contextlib.aclosing(self.stream_events(body)) as batches:
+            async for batch in batches:
+                for payload in batch:
+                    try:
+                        event = parse_event(payload)
+                    except SSEProtocolError as exc:
+                        raise BackendStreamBroken(str(exc), chunks) from None
+                    chunks += 1
+                    yield event
+
+    async def stream_events(
+        self, body: Mapping[str, Any], meter: UsageMeter | None = None
+    ) -> AsyncIterator[list[bytes]]:
+        """Yield the raw JSON payloads of a streamed chat completion, in batches.
+
+        A batch is every event one read of the response brought (at most
+        `_MAX_BATCH_BYTES`), except that the very first event is yielded alone, so the
+        first token never waits behind the rest of a burst. Only the events that
+        `needs_parsing()` (and the first) are JSON-parsed: errors, finish and usage
+        are checked on those; the others are only checked to look like a JSON object.
+        `meter` (if given) observes each event as it is decoded.
+        Failures as for `stream_chat`.
         """
         started = time.monotonic()
         first_deadline = self.timeouts.first_token
@@ -251,41 +320,61 @@ class OpenAIBackend:
         clean = False
         try:
             # Phase 1: the first chunk, under the first-token deadline.
-            events: list[JSON] = []
+            payloads: list[bytes] = []
             try:
                 remaining = first_deadline - (time.monotonic() - started)
                 async with asyncio.timeout(max(remaining, 0.0)):
-                    while not events and not decoder.done:
+                    while not payloads and not decoder.done:
                         data = await content.readany()
                         if not data:
-                            events = decoder.close()
+                            payloads = decoder.close_raw()
                             break
-                        events = decoder.feed(data)
+                        payloads = decoder.feed_raw(data)
             except TimeoutError:
                 raise BackendUnavailable(
                     f"no first token within {first_deadline:g} s from {self._url}"
                 ) from None
             # Phase 2: the rest, under aiohttp's total timeout.
+            observe = meter.observe_raw if meter is not None else None
             while True:
-                for event in events:
-                    err = _stream_error(event)
-                    if err is not None:
-                        raise err
+                batch: list[bytes] = []
+                size = 0
+                for payload in payloads:
+                    if chunks == 0 or needs_parsing(payload):
+                        event = parse_event(payload)
+                        err = _stream_error(event)
+                        if err is not None:
+                            if batch:
+                                yield batch  # what came before the error still counts
+                            raise err
+                        if not finished:
+                            for choice in event.get("choices") or ():
+                                if choice.get("finish_reason"):
+                                    finished = True
+                    elif payload[:1] != b"{" or payload[-1:] != b"}":
+                        raise SSEProtocolError(f"data is not JSON: {payload[:80]!r}")
+                    else:
+                        event = None
                     chunks += 1
-                    if not finished:
-                        for choice in event.get("choices") or ():
-                            if choice.get("finish_reason"):
-                                finished = True
-                    yield event
+                    if observe is not None:
+                        observe(payload, event)
+                    batch.append(payload)
+                    size += len(payload)
+                    if chunks == 1 or size >= _MAX_BATCH_BYTES:
+                        yield batch
+                        batch = []
+                        size = 0
+                if batch:
+                    yield batch
                 if decoder.done:
                     break
                 data = await content.readany()
                 if not data:
-                    events = decoder.close()
-                    if events:
+                    payloads = decoder.close_raw()
+                    if payloads:
                         continue
                     break
-                events = decoder.feed(data)
+                payloads = decoder.feed_raw(data)
             if not decoder.done and not finished:
                 raise BackendStreamBroken("stream ended without [DONE]", chunks)
             clean = await _drain(content)
@@ -370,6 +459,20 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
     return (total + 3) // 4
 
 
+_TEXT_KEY_END = b'content":"'
+
+
+def _has_text(payload: bytes) -> bool:
+    """A non-empty `"content":"…"` or `"reasoning_content":"…"` string in compact JSON."""
+    i = payload.find(_TEXT_KEY_END)
+    while i >= 0:
+        i += len(_TEXT_KEY_END)
+        if payload[i : i + 1] != b'"':
+            return True
+        i = payload.find(_TEXT_KEY_END, i)
+    return False
+
+
 class UsageMeter:
     """Measures one prompt: TTFT, token counts and decode speed.
 
@@ -422,6 +525,33 @@ class UsageMeter:
                 if self._first is None:
                     self._first = now
                 self._last = now
+
+    def observe_raw(self, payload: bytes, event: Mapping[str, Any] | None = None) -> None:
+        """Account one streamed chunk given as its raw JSON bytes (`event`: its parsed form,
+        when the caller parsed it). Same figures as `observe()`, found by byte search:
+        a chunk is a token when it has a non-empty `content` or `reasoning_content`
+        string; chunks that could carry usage or tool calls, or JSON written with
+        spaces (where the byte patterns do not apply), are parsed.
+        """
+        if event is None:
+            if _has_text(payload):
+                now = self._clock()
+                self._end = self._last = now
+                self._counted += 1
+                if self._first is None:
+                    self._first = now
+                return
+            if not (b'"usage"' in payload or b'"tool_calls"' in payload or b'": ' in payload):
+                self._end = self._clock()
+                return
+            try:
+                event = json.loads(payload)
+            except ValueError:
+                event = None
+            if not isinstance(event, dict):
+                self._end = self._clock()
+                return
+        self.observe(event)
 
     def observe_response(self, response: Mapping[str, Any]) -> None:
         """Account a whole non-stream reply (its arrival is the first and last token)."""

@@ -8,6 +8,7 @@ user settles with, ``provider.capabilities`` describes this node.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -37,6 +38,7 @@ from proxy_router.provider.capacity import APPROVAL_TTL_SECONDS, CapacityManager
 from proxy_router.provider.hardware import detect_hardware
 from proxy_router.provider.models_config import ModelsConfig, normalize_model_id
 from proxy_router.rpc import ErrorCode, RequestContext, RpcError, RpcServer
+from proxy_router.rpc.protocol import SSE_FORMAT
 from proxy_router.store.db import Store
 
 log = structlog.get_logger(__name__)
@@ -182,7 +184,8 @@ class ProviderNode:
         meter = UsageMeter(prompt_tokens_estimate=estimate_prompt_tokens(body))
         try:
             async with self.capacity.prompt_slot(model_id):
-                async for item in _generate(backend, body, meter):
+                async for item in _generate(backend, body, meter,
+                                            sse=params.get("format") == SSE_FORMAT):
                     yield item
         except NoCapacity as exc:
             raise RpcError(ErrorCode.NO_CAPACITY, str(exc)) from None
@@ -316,14 +319,24 @@ class ProviderNode:
             raise RpcError(ErrorCode.INTERNAL, f"chain unavailable: {exc}") from None
 
 
-async def _generate(backend: OpenAIBackend, body: dict[str, Any],
-                    meter: UsageMeter) -> AsyncIterator[dict[str, Any]]:
-    """Backend chunks (or one whole reply), measured, with failures as RPC errors."""
+async def _generate(backend: OpenAIBackend, body: dict[str, Any], meter: UsageMeter, *,
+                    sse: bool = False) -> AsyncIterator[bytes | dict[str, Any]]:
+    """Backend chunks (or one whole reply), measured, with failures as RPC errors.
+
+    A stream is forwarded without a JSON round trip: with ``sse`` (the consumer asked
+    for ``format: "sse"``) each stream chunk is ready-to-write SSE bytes holding every
+    event one backend read brought (``data: {…}`` and a blank line each); without it, each is
+    one event's JSON, as older consumers expect. A non-stream reply is one JSON chunk.
+    """
     try:
         if body.get("stream", True):
-            async for chunk in backend.stream_chat(body):
-                meter.observe(chunk)
-                yield chunk
+            async with contextlib.aclosing(backend.stream_events(body, meter)) as batches:
+                async for batch in batches:
+                    if sse:
+                        yield b"data: " + b"\n\ndata: ".join(batch) + b"\n\n"
+                    else:
+                        for payload in batch:
+                            yield payload
         else:
             response = await backend.complete_chat(body)
             meter.observe_response(response)

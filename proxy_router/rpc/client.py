@@ -46,6 +46,28 @@ from .signing import Signer, new_nonce, public_key_to_address, recover_frame_pub
 log = structlog.get_logger(__name__)
 
 
+_CHUNK_HEAD = '{"id":'
+_SEQ_KEY = ',"seq":'
+_CHUNK_KEY = ',"chunk":"'
+
+
+def _chunk_frame(text: str) -> dict[str, Any] | None:
+    """A chunk frame exactly as ``chunk_text`` formats it, read without ``json.loads``
+    (it is on the per-token path); None for anything else, which then goes through
+    ``decode_frame``. A misread cannot pass: the chunk is sealed under (id, nonce, seq).
+    """
+    if not (text.startswith(_CHUNK_HEAD) and text.endswith('"}')):
+        return None
+    i = text.find(_SEQ_KEY, 6)
+    j = text.find(_CHUNK_KEY, i)
+    if i < 0 or j < 0:
+        return None
+    rid, seq, chunk = text[6:i], text[i + 7 : j], text[j + 10 : -2]
+    if not (rid.isascii() and rid.isdigit() and seq.isascii() and seq.isdigit()) or '"' in chunk:
+        return None
+    return {"id": int(rid), "seq": int(seq), "chunk": chunk}
+
+
 class _Inbox:
     """Frames for one request, in arrival order; an exception ends it.
 
@@ -338,7 +360,7 @@ class RpcClient:
                         break
                     continue
                 try:
-                    frame = decode_frame(msg.data)
+                    frame = _chunk_frame(msg.data) or decode_frame(msg.data)
                 except RpcError:
                     log.warning("mor_rpc.bad_frame", endpoint=self.endpoint)
                     continue

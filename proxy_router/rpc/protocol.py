@@ -29,6 +29,9 @@ STREAM_WINDOW = 256
 """Chunks a provider may send ahead of the consumer's ``rpc.credit`` grants."""
 MAX_FRAME_BYTES = 8 * 1024 * 1024
 MAX_ID_LENGTH = 128
+SSE_FORMAT = "sse"
+"""``session.prompt`` param ``format``: the consumer takes stream chunks as ready-to-write
+SSE bytes (``data: {…}\n\n``, one or more events per chunk) instead of one JSON event each."""
 
 CREDIT = "rpc.credit"
 CANCEL = "rpc.cancel"

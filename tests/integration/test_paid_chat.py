@@ -127,3 +127,12 @@ async def test_both_routers_report_healthy_components(devnet: DevnetState):
             assert resp.status == 200, provider
     assert consumer["failing"] == [] and consumer["components"]["chain"]["ok"]
     assert provider["components"][f"backend:{devnet.model_name}"]["ok"]
+
+
+async def test_streamed_chat_without_include_usage_has_no_usage_chunk(devnet: DevnetState):
+    client = openai_client(devnet)
+    stream = await client.chat.completions.create(
+        model=devnet.model_name, messages=MESSAGES, max_tokens=8, stream=True)
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+    assert all(c.usage is None and c.choices for c in chunks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -16,6 +17,7 @@ from proxy_router.provider.backend import (
     BackendTimeouts,
     BackendUnavailable,
     OpenAIBackend,
+    UsageMeter,
     extract_error_message,
 )
 from proxy_router.testing.mock_openai import MockOpenAIServer
@@ -276,3 +278,74 @@ async def test_a_non_stream_reply_later_than_the_total_timeout_is_unavailable(
     timeouts = BackendTimeouts(connect=1.0, first_token=1.0, total=0.3)
     with pytest.raises(BackendUnavailable, match="timed out"):
         await backend(mock_openai.base_url, http, timeouts=timeouts).complete_chat(PROMPT)
+
+
+# --- stream_events: raw payloads in batches (the provider's hot path) ----------------------
+
+
+async def collect_batches(it: AsyncIterator[list[bytes]]) -> list[list[bytes]]:
+    return [batch async for batch in it]
+
+
+async def test_stream_events_yields_the_first_event_alone_then_each_read_as_one_batch(
+    raw_sse: RawServer, http: aiohttp.ClientSession
+) -> None:
+    url = await raw_sse(CHUNK * 4 + FINAL + b"data: [DONE]\n\n")  # one write: one read
+    meter = UsageMeter()
+    batches = await collect_batches(backend(url, http).stream_events(PROMPT, meter))
+    payload = CHUNK[6:-2]
+    assert batches == [[payload], [payload] * 3 + [FINAL[6:-2]]]
+    assert meter.result().completion_tokens == 4
+
+
+async def test_stream_events_forwards_the_bytes_as_the_backend_wrote_them(
+    mock_openai: MockOpenAIServer, http: aiohttp.ClientSession
+) -> None:
+    batches = await collect_batches(backend(mock_openai.base_url, http).stream_events(PROMPT))
+    payloads = [p for batch in batches for p in batch]
+    chunks = await collect(backend(mock_openai.base_url, http).stream_chat(PROMPT))
+    def untimed(chunk: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in chunk.items() if k != "created"}
+
+    assert [untimed(json.loads(p)) for p in payloads] == [untimed(c) for c in chunks]
+    assert all(b"\n" not in p for p in payloads)
+
+
+async def test_events_before_an_error_in_the_same_read_are_still_yielded(
+    raw_sse: RawServer, http: aiohttp.ClientSession
+) -> None:
+    url = await raw_sse(CHUNK * 3 + b'data: {"error":{"message":"context full","code":400}}\n\n')
+    seen: list[list[bytes]] = []
+    with pytest.raises(BackendError, match="context full"):
+        async for batch in backend(url, http).stream_events(PROMPT):
+            seen.append(batch)
+    assert sum(len(b) for b in seen) == 3
+
+
+async def test_garbage_data_in_a_later_event_is_a_broken_stream_on_the_raw_path(
+    raw_sse: RawServer, http: aiohttp.ClientSession
+) -> None:
+    url = await raw_sse(CHUNK + CHUNK + b"data: <html>oops</html>\n\n")
+    with pytest.raises(BackendStreamBroken, match="not JSON"):
+        await collect_batches(backend(url, http).stream_events(PROMPT))
+
+
+@pytest.mark.parametrize("sse", [True, False])
+async def test_the_provider_forwards_stream_chunks_as_sse_or_as_one_json_event_each(
+    mock_openai: MockOpenAIServer, http: aiohttp.ClientSession, sse: bool
+) -> None:
+    from proxy_router.provider.node import _generate
+
+    meter = UsageMeter()
+    chunks = [c async for c in _generate(backend(mock_openai.base_url, http),
+                                         {**PROMPT, "stream": True}, meter, sse=sse)]
+    assert all(isinstance(c, bytes) for c in chunks)
+    if sse:
+        raw = b"".join(chunks)  # type: ignore[arg-type]
+        assert all(c.endswith(b"\n\n") for c in chunks)  # type: ignore[union-attr]
+        assert raw.endswith(b"\n\n") and raw.startswith(b"data: {")
+        events = [json.loads(e.removeprefix(b"data: ")) for e in raw.split(b"\n\n")[:-1]]
+    else:
+        events = [json.loads(c) for c in chunks]
+    assert text_of(events) == "tok " * 5 and events[-1]["usage"]["completion_tokens"] == 5
+    assert meter.result().completion_tokens == 5 and meter.result().reported

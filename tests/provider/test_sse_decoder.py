@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from proxy_router.provider.backend import SSEDecoder, SSEProtocolError
+from proxy_router.provider.backend import SSEDecoder, SSEProtocolError, needs_parsing
 
 CHUNKS = [{"choices": [{"delta": {"content": f"t{i}"}}]} for i in range(3)]
 STREAM = (
@@ -86,3 +86,50 @@ def test_close_flushes_an_unterminated_last_event() -> None:
 def test_data_that_is_not_a_json_object_is_a_protocol_error(payload: bytes) -> None:
     with pytest.raises(SSEProtocolError):
         SSEDecoder().feed(b"data: " + payload + b"\n\n")
+
+
+# --- raw payloads: what the provider forwards without a JSON round trip -------------------
+
+
+def test_feed_raw_returns_the_payload_bytes_unparsed() -> None:
+    dec = SSEDecoder()
+    raw = [json.dumps(c, separators=(",", ":")).encode() for c in CHUNKS]
+    stream = b"".join(b"data: " + r + b"\n\n" for r in raw) + b"data: [DONE]\n\n"
+    assert dec.feed_raw(stream) == raw and dec.done
+
+
+def test_feed_raw_joins_multi_line_data_with_a_space_so_it_stays_one_sse_line() -> None:
+    dec = SSEDecoder()
+    assert dec.feed_raw(b'data: {"a":\ndata: 1}\n\n') == [b'{"a": 1}']
+
+
+def test_feed_raw_keeps_unparseable_data_for_the_caller_to_judge() -> None:
+    assert SSEDecoder().feed_raw(b"data: <html>\n\n") == [b"<html>"]
+
+
+def test_nothing_is_decoded_in_later_reads_after_done() -> None:
+    dec = SSEDecoder()
+    assert dec.feed_raw(b"data: [DONE]\n\n") == []
+    assert dec.feed_raw(b'data: {"late": 1}\n\n') == [] and dec.close_raw() == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b'{"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}]}', False),
+        (b'{"choices":[{"delta":{"content":"x"},"finish_reason": null}]}', False),
+        (b'{"choices":[{"delta":{},"finish_reason":"stop"}]}', True),
+        (b'{"choices":[{"delta":{},"finish_reason": "length"}]}', True),
+        (b'{"choices":[{"finish_reason":null},{"finish_reason":"stop"}]}', True),
+        (b'{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}', True),
+        (b'{"choices":[{"delta":{"content":"x"}}],"usage":null}', True),
+        (b'{"error":{"message":"context full"}}', True),
+        # quotes inside the model's text are escaped: no false hit
+        (b'{"choices":[{"delta":{"content":"say \\"usage\\" or \\"error\\""}}]}', False),
+    ],
+)
+def test_needs_parsing_finds_usage_error_and_finish_by_byte_search(
+    payload: bytes, expected: bool
+) -> None:
+    json.loads(payload)  # every case is valid JSON
+    assert needs_parsing(payload) is expected

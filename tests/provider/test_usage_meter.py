@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import aiohttp
@@ -137,3 +138,44 @@ async def test_measures_a_real_stream_from_the_mock(
     assert (r.prompt_tokens, r.completion_tokens, r.reported) == (3, 5, True)
     assert 5 <= r.ttft_ms < 500
     assert 20_000 < r.tps_x1000 < 110_000, "about 100 tokens/s at 10 ms per token"
+
+
+RAW_CASES: list[dict[str, Any]] = [
+    role(),
+    {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+    {"choices": [{"index": 0, "delta": {"content": None}}]},
+    token("a"),
+    token('"quoted"'),
+    {"choices": [{"delta": {"content": None, "reasoning_content": "hmm"}}]},
+    {"choices": [{"delta": {"tool_calls": [{"index": 0}]}}]},
+    {"choices": [{"delta": {"tool_calls": []}}]},
+    finish(),
+    usage(prompt=5, completion=7),
+]
+
+
+def test_observe_raw_matches_observe_on_compact_and_spaced_json() -> None:
+    """The byte-search path gives the same figures as parsing every chunk."""
+    for separators in ((",", ":"), (", ", ": ")):
+        parsed, raw = FakeClock(), FakeClock()
+        by_dict, by_bytes = UsageMeter(clock=parsed), UsageMeter(clock=raw)
+        for i, chunk in enumerate(RAW_CASES):
+            parsed.t = raw.t = 100.0 + i * 0.01
+            by_dict.observe(chunk)
+            by_bytes.observe_raw(json.dumps(chunk, separators=separators).encode())
+        assert by_bytes.result() == by_dict.result(), separators
+        assert by_bytes.result().completion_tokens == 7  # from the usage object
+
+
+def test_observe_raw_counts_content_without_usage_and_uses_a_given_parse() -> None:
+    clock = FakeClock()
+    meter = UsageMeter(prompt_tokens_estimate=3, clock=clock)
+    clock.t += 0.1
+    meter.observe_raw(b'{"choices":[{"delta":{"role":"assistant","content":""}}]}')
+    meter.observe_raw(b'{"choices":[{"delta":{"content":"a"}}]}')
+    clock.t += 0.1
+    meter.observe_raw(b'{"choices":[{"delta":{"content":"b"}}]}')
+    done = finish()
+    meter.observe_raw(json.dumps(done).encode(), done)
+    r = meter.result()
+    assert (r.completion_tokens, r.prompt_tokens, r.reported, r.ttft_ms) == (2, 3, False, 100)

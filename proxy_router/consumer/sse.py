@@ -1,0 +1,64 @@
+"""Stream chunks from the provider as the client's `text/event-stream` bytes.
+
+A provider that was asked for ``format: "sse"`` sends each stream chunk as ready-to-write
+SSE bytes: one or more ``data: <json>\\n\\n`` events (every event one backend read
+brought), each JSON on one line. The consumer writes them to the client as they are;
+the only per-chunk work is a byte search for ``"usage"``, which is rare (the last event
+of a stream). An older provider sends one event's bare JSON per chunk: ``as_sse`` wraps it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_PREFIX = b"data: "
+_END = b"\n\n"
+USAGE_KEY = b'"usage"'
+
+
+def as_sse(chunk: bytes) -> bytes:
+    """A stream chunk as SSE bytes, whichever format the provider sent."""
+    if chunk.startswith(b"data:"):
+        return chunk
+    return _PREFIX + chunk + _END
+
+
+def _event(raw: bytes) -> dict[str, Any] | None:
+    """One ``data: <json>`` event (no trailing blank line) parsed, or None."""
+    try:
+        doc = json.loads(raw[5:])
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def filter_usage(chunk: bytes, keep_usage_only: bool) -> tuple[bytes, bool]:
+    """Handle the events of an SSE chunk that mention ``"usage"``.
+
+    Returns the chunk to write, without the usage-only events (``choices`` empty) unless
+    ``keep_usage_only``, and whether an event carried a usage object. Events that merely
+    say ``"usage":null`` are kept as they are. Call it only when ``USAGE_KEY in chunk``.
+    """
+    events = chunk.split(_END)
+    tail = events.pop()  # b"" for a well-formed chunk
+    saw = False
+    kept: list[bytes] = []
+    for raw in events:
+        if USAGE_KEY in raw:
+            event = _event(raw)
+            if event is not None and isinstance(event.get("usage"), dict):
+                saw = True
+                if not keep_usage_only and not event.get("choices"):
+                    continue
+        kept.append(raw)
+    if len(kept) == len(events):
+        return chunk, saw
+    out = b"".join(raw + _END for raw in kept)
+    return (out + tail if tail else out), saw
+
+
+def first_event(chunk: bytes) -> dict[str, Any]:
+    """The first event of an SSE chunk, parsed ({} if it is not a JSON object)."""
+    end = chunk.find(_END)
+    return _event(chunk if end < 0 else chunk[:end]) or {}

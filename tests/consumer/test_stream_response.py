@@ -1,0 +1,100 @@
+"""ConsumerApi._stream: provider chunks (SSE bytes) to the client's event stream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from proxy_router.consumer.api import ConsumerApi
+from proxy_router.consumer.schemas import ChatRequest
+from proxy_router.rpc import ErrorCode, RpcError
+
+HEAD = {"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 5, "model": "m"}
+
+
+def ev(**fields: Any) -> bytes:
+    return b"data: " + json.dumps({**HEAD, **fields}).encode() + b"\n\n"
+
+
+TOKEN = ev(choices=[{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}])
+FINISH = ev(choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}])
+USAGE = ev(choices=[], usage={"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3})
+TRAILER = {"prompt_tokens": 4, "completion_tokens": 6}
+
+
+class FakeReply:
+    def __init__(self, chunks: list[bytes], error: Exception | None = None) -> None:
+        self.first, self._rest, self._error = chunks[0], chunks[1:], error
+        self.session = SimpleNamespace(session_id="0x" + "11" * 32)
+        self.usage = TRAILER
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield self.first
+        for chunk in self._rest:
+            yield chunk
+        if self._error is not None:
+            raise self._error
+
+
+async def serve(reply: FakeReply, body: dict[str, Any]) -> list[bytes]:
+    """Run `_stream` behind a real HTTP server; return the client's SSE events."""
+    chat = SimpleNamespace(finished=lambda r: None, drop=lambda s: None)
+    api = SimpleNamespace(chat=chat)
+    req = ChatRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True, **body})
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await ConsumerApi._stream(api, request, req, reply, {})  # type: ignore[arg-type]
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with aiohttp.ClientSession() as http, http.get(
+                f"http://127.0.0.1:{runner.addresses[0][1]}/") as resp:
+            raw = await resp.read()
+    finally:
+        await runner.cleanup()
+    assert raw.endswith(b"data: [DONE]\n\n")
+    return [e + b"\n\n" for e in raw.split(b"\n\n")[:-1]]
+
+
+async def test_coalesced_chunks_reach_the_client_as_separate_events() -> None:
+    events = await serve(FakeReply([TOKEN, TOKEN + TOKEN + FINISH + USAGE]), {})
+    assert events == [TOKEN, TOKEN, TOKEN, FINISH, b"data: [DONE]\n\n"]
+
+
+async def test_the_backend_usage_chunk_is_passed_when_asked() -> None:
+    events = await serve(FakeReply([TOKEN, FINISH + USAGE]),
+                         {"stream_options": {"include_usage": True}})
+    assert events == [TOKEN, FINISH, USAGE, b"data: [DONE]\n\n"]
+
+
+async def test_a_usage_chunk_is_made_from_the_signed_trailer_when_the_backend_sent_none(
+) -> None:
+    events = await serve(FakeReply([TOKEN, FINISH]), {"stream_options": {"include_usage": True}})
+    assert events[:2] == [TOKEN, FINISH]
+    final = json.loads(events[2][6:])
+    assert (final["id"], final["created"], final["model"], final["choices"]) == (
+        "chatcmpl-9", 5, "m", [])
+    assert final["usage"]["total_tokens"] == 10
+
+
+async def test_an_old_provider_s_bare_json_chunks_are_wrapped() -> None:
+    events = await serve(FakeReply([TOKEN[6:-2], USAGE[6:-2]]), {})
+    assert events == [TOKEN, b"data: [DONE]\n\n"]
+
+
+async def test_a_mid_stream_failure_ends_with_an_error_event() -> None:
+    error = RpcError(ErrorCode.BACKEND_ERROR, "backend stream broken")
+    events = await serve(FakeReply([TOKEN, TOKEN], error), {})
+    assert events[:2] == [TOKEN, TOKEN]
+    assert json.loads(events[2][6:])["error"]["message"] == "backend stream broken"
+    assert events[3] == b"data: [DONE]\n\n"
