@@ -136,13 +136,17 @@ class SessionManager:
         self.last_used[session_id] = time.time()
 
     async def sweep(self) -> None:
-        """Close sessions whose time is up, or idle past ``idle_timeout_s``."""
+        """Close sessions whose time is up, idle past ``idle_timeout_s``, or dropped by
+        failover whose close failed (e.g. the chain was down): retried every round, so
+        the unused stake is refunded rather than left for the provider to close."""
         now_chain, now = self.chain_now(), time.time()
         for session in list(self.sessions.values()):
-            if session.status != "open":
+            if session.status not in ("open", "closing"):
                 continue
             idle = now - self.last_used.get(session.session_id, now)
-            if now_chain >= session.ends_at:
+            if session.status == "closing":
+                reason = "failover"
+            elif now_chain >= session.ends_at:
                 reason = "expired"
             elif self.idle_timeout_s and idle >= self.idle_timeout_s:
                 reason = "idle"
