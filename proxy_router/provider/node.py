@@ -206,7 +206,10 @@ class ProviderNode:
             session = await self._read(self.market.get_session(session_id))
             if not session["openedAt"]:
                 raise RpcError(ErrorCode.SESSION_NOT_FOUND, f"session {session_id} not found")
-            self._sessions[session_id] = session
+            if session["provider"].lower() == self.address.lower():
+                # Only our own sessions are cached: their SessionClosed event evicts them,
+                # so probing other providers' session ids cannot grow the cache.
+                self._sessions[session_id] = session
         indexed = self.index.sessions.get(session_id)
         if session["closed"] or (indexed and indexed.get("closed")):
             raise RpcError(ErrorCode.SESSION_CLOSED, f"session {session_id} is closed")
