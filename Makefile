@@ -52,9 +52,11 @@ compile: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy proxy_router
 
 test: setup browser
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy proxy_router
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 bench: setup

@@ -92,6 +92,26 @@ class Settings(BaseSettings):
     provider_close_grace_s: int = Field(
         60, ge=0, description="wait this long after endsAt for the user's close first")
 
+    # Hostile-network limits (both roles where they apply)
+    max_connections_per_ip: int = Field(
+        32, ge=1, description="open TCP connections one remote address may hold")
+    max_connections: int = Field(1024, ge=1, description="open TCP connections in total")
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, description="close a connection whose first request headers are late")
+    http_keepalive_timeout_s: float = Field(
+        30.0, gt=0, description="close an idle (or half-sent) keep-alive connection")
+    http_body_timeout_s: float = Field(30.0, gt=0, description="time to receive a request body")
+    prompts_per_session: int = Field(
+        1, ge=1, description="provider: prompts one session may run at once")
+    stream_stall_timeout_s: float = Field(
+        30.0, gt=0, description="provider: end a stream whose reader stops for this long")
+    approvals_per_user: int = Field(
+        3, ge=1, description="provider: unused approvals one requester may hold")
+    session_requests_per_ip_s: float = Field(
+        20.0, gt=0, description="provider: session.request rate per remote address")
+    mor_rpc_replay_window_s: float = Field(
+        60.0, ge=5, le=600, description="accept MOR-RPC frames this close to our clock")
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 

@@ -27,7 +27,8 @@ async def _balances(market: Marketplace, state: DevnetState) -> dict[str, int]:
 
 async def _open_gas(client: ChainClient, state: DevnetState, session_id: str) -> int:
     topic = "0x" + keccak(text="SessionOpened(address,bytes32,address)").hex()
-    logs = await client.w3.eth.get_logs({"address": state.marketplace_address, "fromBlock": 0,
+    logs = await client.w3.eth.get_logs({"address": state.marketplace_address,  # type: ignore[typeddict-item]
+                                         "fromBlock": 0,
                                          "topics": [topic, None, session_id]})
     receipt = await client.w3.eth.get_transaction_receipt(logs[0]["transactionHash"])
     return int(receipt["gasUsed"])

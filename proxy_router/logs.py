@@ -1,4 +1,9 @@
-"""structlog set-up: console output in a terminal, JSON otherwise, secrets masked."""
+"""structlog set-up: console output in a terminal, JSON otherwise, secrets masked.
+
+Two layers: values under secret-sounding keys are replaced whole, and every other
+string (tracebacks included) has URL credentials and bearer tokens redacted, since
+an exception's text may quote an RPC URL with its API key.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,25 @@ import sys
 from typing import Any
 
 import structlog
+from structlog.typing import EventDict
+
+from proxy_router.redact import redact_value
 
 _SECRET_KEYS = ("private_key", "wallet_private_key", "secret", "password", "api_key",
                 "apikey", "authorization", "token")
 
 
-def _mask_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _mask_secrets(_: Any, __: str, event: EventDict) -> EventDict:
     for key in list(event):
         if any(s in key.lower() for s in _SECRET_KEYS):
             event[key] = "***"
+    return event
+
+
+def _redact_strings(_: Any, __: str, event: EventDict) -> EventDict:
+    for key, value in event.items():
+        if isinstance(value, str | dict | list | tuple | BaseException):
+            event[key] = redact_value(value)
     return event
 
 
@@ -34,6 +49,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _mask_secrets,
             structlog.processors.format_exc_info,
+            _redact_strings,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

@@ -24,6 +24,7 @@ from proxy_router.chain.marketplace import Marketplace
 from proxy_router.config import Settings, split_host_port
 from proxy_router.health import health_response
 from proxy_router.metrics import Metrics
+from proxy_router.netguard import ConnectionLimits, serve_app
 from proxy_router.periodic import run_periodically
 from proxy_router.store.db import Store
 
@@ -93,13 +94,10 @@ class Router:
 
     async def _serve(self, app: web.Application, address: str) -> int:
         host, port = split_host_port(address)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        runner, bound = await serve_app(app, host, port,
+                                        ConnectionLimits.from_settings(self.settings))
         self.runners.append(runner)
-        sockets = getattr(site._server, "sockets", None) or []
-        return int(sockets[0].getsockname()[1]) if sockets else port
+        return bound
 
     async def _start_provider(self) -> None:
         from proxy_router.provider.backend import BackendTimeouts
@@ -110,7 +108,7 @@ class Router:
             normalize_model_id,
         )
         from proxy_router.provider.node import ProviderNode
-        from proxy_router.rpc import RpcServer, Signer
+        from proxy_router.rpc import ReplayGuard, RpcServer, Signer
 
         assert self.settings.models_config_path is not None
         try:
@@ -132,8 +130,15 @@ class Router:
             account=signer.account, market=self.market, index=self.index, models=models,
             backend_urls=urls, store=self.store, http=self.http,
             backend_timeouts=BackendTimeouts(total=self.settings.backend_timeout_s),
-            close_grace_s=self.settings.provider_close_grace_s, metrics=self.metrics)
-        rpc = RpcServer(signer, observer=self.metrics)
+            close_grace_s=self.settings.provider_close_grace_s, metrics=self.metrics,
+            prompts_per_session=self.settings.prompts_per_session,
+            approvals_per_user=self.settings.approvals_per_user,
+            session_requests_per_ip_s=self.settings.session_requests_per_ip_s)
+        node.rebuild_capacity()
+        # Nonces are remembered in memory only: refuse frames signed before this start.
+        guard = ReplayGuard(self.settings.mor_rpc_replay_window_s, not_before=time.time())
+        rpc = RpcServer(signer, observer=self.metrics, replay_guard=guard,
+                        credit_timeout=self.settings.stream_stall_timeout_s)
         node.register(rpc)
         self.metrics.watch(index=self.index, active_sessions=lambda: node.open_sessions,
                            rpc_connections=lambda: rpc.open_connections)
@@ -179,7 +184,7 @@ class Router:
         self.metrics.watch(index=self.index, active_sessions=lambda: sessions.open_count,
                            rpc_connections=lambda: pool.connected)
         api = ConsumerApi(sessions, chat, access=AccessPolicy.from_settings(self.settings),
-                          metrics=self.metrics)
+                          metrics=self.metrics, body_timeout_s=self.settings.http_body_timeout_s)
         self.bound_port = await self._serve(api.app(), self.settings.web_address)
         log.info("consumer_listening", address=self.settings.web_address, user=signer.address)
 

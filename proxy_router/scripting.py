@@ -10,9 +10,10 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
 from proxy_router.chain.client import ChainClient
 from proxy_router.chain.deploy import Deployment
@@ -87,7 +88,7 @@ async def marketplace(args: argparse.Namespace) -> Marketplace:
     return Marketplace(client, dep.marketplace_address, dep.mor_token_address)
 
 
-def run(main: Callable[[], Awaitable[None]]) -> None:
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run an async script body; chain trouble becomes one line and exit code 1."""
     try:
         asyncio.run(main())

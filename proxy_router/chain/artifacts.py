@@ -72,7 +72,7 @@ def error_selectors(*names: str) -> dict[bytes, ErrorAbi]:
         for item in load_artifact(name).abi:
             if item.get("type") != "error":
                 continue
-            selector = function_abi_to_4byte_selector(item)
+            selector = function_abi_to_4byte_selector(item)  # type: ignore[arg-type]
             out[selector] = ErrorAbi(
                 name=item["name"],
                 input_names=[i.get("name") or f"arg{n}" for n, i in enumerate(item["inputs"])],

@@ -39,6 +39,7 @@ from proxy_router.chain.errors import (
     ContractReverted,
     TransactionFailed,
 )
+from proxy_router.redact import redact_text, redact_url
 
 log = structlog.get_logger(__name__)
 
@@ -98,10 +99,10 @@ class FallbackHTTPProvider(AsyncHTTPProvider):
                     resp.raise_for_status()
                     body = await resp.read()
             except TRANSIENT_ERRORS as exc:
-                errors.append(f"{_redact(url)}: {type(exc).__name__} {exc}".strip())
+                errors.append(redact_text(f"{url}: {type(exc).__name__} {exc}".strip()))
                 continue
             if index != self._active:
-                log.warning("rpc_failover", to=_redact(url))
+                log.warning("rpc_failover", to=redact_url(url))
                 self._active = index
                 self.endpoint_uri = url
             return body
@@ -111,13 +112,6 @@ class FallbackHTTPProvider(AsyncHTTPProvider):
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-def _redact(url: str) -> str:
-    """Drop path and query (API keys often live there) from an RPC URL for logs."""
-    scheme, _, rest = url.partition("://")
-    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-    return f"{scheme}://{host}"
 
 
 @dataclass
@@ -188,11 +182,12 @@ class ChainClient:
         if http_urls:
             w3 = AsyncWeb3(FallbackHTTPProvider(http_urls, timeout=timeout))
         elif ws_urls:
-            w3 = AsyncWeb3(WebSocketProvider(ws_urls[0]))
+            w3 = AsyncWeb3(WebSocketProvider(ws_urls[0]))  # type: ignore[arg-type]
             try:
                 await w3.provider.connect()
             except (*TRANSIENT_ERRORS, Exception) as exc:
-                raise ChainUnavailable(f"cannot connect to {_redact(ws_urls[0])}: {exc}") from exc
+                raise ChainUnavailable(
+                    redact_text(f"cannot connect to {ws_urls[0]}: {exc}")) from exc
         else:
             raise ChainError("no http(s):// or ws(s):// RPC URL configured")
         actual = await cls._guard(w3.eth.chain_id)
@@ -231,7 +226,7 @@ class ChainClient:
         except ContractLogicError as exc:
             raise self._revert(exc) from None
         except TRANSIENT_ERRORS as exc:
-            raise ChainUnavailable(str(exc)) from exc
+            raise ChainUnavailable(redact_text(str(exc))) from exc
 
     async def deploy(self, name: str, *args: Any) -> TxResult:
         art = load_artifact(name)
@@ -267,7 +262,7 @@ class ChainClient:
         except ContractLogicError as exc:
             raise self._revert(exc) from None
         except TRANSIENT_ERRORS as exc:
-            raise ChainUnavailable(str(exc)) from exc
+            raise ChainUnavailable(redact_text(str(exc))) from exc
 
         tx_hash = await self._sign_and_send(tx)
         receipt = await self._await_receipt(tx, tx_hash)
@@ -318,7 +313,7 @@ class ChainClient:
                     raise TransactionFailed(f"node rejected the transaction: {exc}") from None
                 except TRANSIENT_ERRORS as exc:
                     self._nonce = None
-                    raise ChainUnavailable(str(exc)) from exc
+                    raise ChainUnavailable(redact_text(str(exc))) from exc
                 self._nonce = tx["nonce"] + 1
                 return tx_hash
         raise TransactionFailed("could not find a usable nonce")
@@ -415,7 +410,7 @@ class ChainClient:
         try:
             return await awaitable
         except TRANSIENT_ERRORS as exc:
-            raise ChainUnavailable(str(exc)) from exc
+            raise ChainUnavailable(redact_text(str(exc))) from exc
 
 
 def decode_revert(data: Any, *, fallback: str = "execution reverted", panic: bool = False,

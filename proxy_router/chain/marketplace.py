@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from eth_utils import to_checksum_address
+
 from proxy_router.chain.client import ChainClient, TxResult
 from proxy_router.chain.index import jsonable
 
@@ -40,7 +42,8 @@ class Marketplace:
         return int(await self.client.call(self.token, "balanceOf", account))
 
     async def eth_balance(self, account: str) -> int:
-        return int(await ChainClient._guard(self.client.w3.eth.get_balance(account)))
+        return int(await ChainClient._guard(
+            self.client.w3.eth.get_balance(to_checksum_address(account))))
 
     async def ensure_allowance(self, amount: int) -> TxResult | None:
         """Approve the marketplace for ``amount`` when the allowance is below it.

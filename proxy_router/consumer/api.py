@@ -47,6 +47,8 @@ from proxy_router.consumer.sessions import SessionManager, public_row
 from proxy_router.consumer.sse import USAGE_KEY, as_sse, filter_usage, first_event
 from proxy_router.health import Health, health_response
 from proxy_router.metrics import Metrics
+from proxy_router.netguard import read_body
+from proxy_router.redact import redact_text
 from proxy_router.rpc import RpcError, RpcUnavailable
 
 log = structlog.get_logger(__name__)
@@ -60,7 +62,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/", "web_app", "The marketplace web app (sets the API cookie for a "
           "loopback Host)", PUBLIC, "system", media="html"),
     Route("GET", "/static/{filename:.+}", "static_file", "The web app's files", PUBLIC,
-          "system", media="file", errors=(404,)),
+          "system", media="file", errors=(400, 404)),
     Route("GET", "/openapi.json", "openapi", "This document", PUBLIC, "system",
           media="json"),
     Route("GET", "/healthcheck", "healthcheck", "Component health: 200 ok, 503 degraded",
@@ -134,18 +136,22 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = "not_found" if exc.status == 404 else "http_error"
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow",)}
         return ApiError(exc.status, code, exc.reason or "error", headers=headers).response()
-    except ChainUnavailable as exc:
-        return ApiError(503, "chain_unavailable", f"the chain RPC is unreachable: {exc}",
+    except ChainUnavailable as exc:  # its text may quote an RPC URL and its API key
+        log.warning("chain_unavailable", path=request.path, error=str(exc))
+        return ApiError(503, "chain_unavailable", "the chain RPC is unreachable; retry later",
                         type_="api_error").response()
     except ContractReverted as exc:
         return ApiError(409, "transaction_reverted", f"the contract refused: {exc.reason}"
                         ).response()
     except ChainError as exc:
-        return ApiError(502, "chain_error", str(exc), type_="api_error").response()
+        log.warning("chain_error", path=request.path, error=str(exc))
+        return ApiError(502, "chain_error", "the chain RPC answered with an error",
+                        type_="api_error").response()
     except RpcError as exc:
         return ApiError.from_rpc(exc).response()
     except RpcUnavailable as exc:
-        return ApiError(503, "provider_unavailable", str(exc), type_="api_error").response()
+        return ApiError(503, "provider_unavailable", redact_text(str(exc)),
+                        type_="api_error").response()
     except ConnectionResetError:
         if request.transport is None or request.transport.is_closing():
             raise  # the client went away (e.g. mid-stream): nobody to answer
@@ -158,13 +164,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 class ConsumerApi:
     def __init__(self, sessions: SessionManager, chat: ChatService, *,
-                 access: AccessPolicy, metrics: Metrics) -> None:
+                 access: AccessPolicy, metrics: Metrics, body_timeout_s: float = 30.0) -> None:
         self.sessions = sessions
         self.chat = chat
         self.index = sessions.index
         self.market = sessions.market
         self.access = access
         self.metrics = metrics
+        self.body_timeout_s = body_timeout_s
         self.started = time.time()
         self._document = json.dumps(build_document(ROUTES, access)).encode()
 
@@ -189,9 +196,19 @@ class ConsumerApi:
         return response
 
     async def static_file(self, request: web.Request) -> web.FileResponse:
+        name = request.match_info["filename"]
+        malformed = ApiError(400, "invalid_path", "malformed file name", param="filename")
+        if "\x00" in name:  # NUL makes every os call raise: no path can hold it
+            raise malformed
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):  # legal, but none of ours
+            raise ApiError(404, "not_found", "no such file", param="filename")
         root = WEB_DIR.resolve()
-        path = (root / request.match_info["filename"]).resolve()
-        if not path.is_relative_to(root) or not path.is_file():
+        try:
+            path = (root / name).resolve()
+            found = path.is_relative_to(root) and path.is_file()
+        except (ValueError, OSError):  # e.g. ENAMETOOLONG from stat: the client's fault
+            raise malformed from None
+        if not found:
             raise ApiError(404, "not_found", "no such file", param="filename")
         return web.FileResponse(path)
 
@@ -218,7 +235,7 @@ class ConsumerApi:
         return web.json_response(ModelList(data=data).model_dump(mode="json"))
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        req = parse_body(ChatRequest, await request.read())
+        req = parse_body(ChatRequest, await read_body(request, self.body_timeout_s))
         header = request.headers.get("session_id", request.headers.get("X-Session-Id"))
         session_id = None if header is None else _id32(header, "session", param="session_id")
         if not req.stream:
@@ -233,7 +250,10 @@ class ConsumerApi:
                                      headers={"X-Session-Id": session.session_id})
         reply = await self.chat.start(req, session_id)
         headers = {"X-Session-Id": reply.session.session_id}
-        return await self._stream(request, req, reply, headers)
+        try:
+            return await self._stream(request, req, reply, headers)
+        finally:
+            reply.close()
 
     async def _stream(self, request: web.Request, req: ChatRequest, reply: Reply,
                       headers: dict[str, str]) -> web.StreamResponse:
@@ -306,13 +326,13 @@ class ConsumerApi:
         return json_response(RatedBid, [r.as_json() for r in rated])
 
     async def open_by_model(self, request: web.Request) -> web.Response:
-        body = parse_body(OpenSessionRequest, await request.read())
+        body = parse_body(OpenSessionRequest, await read_body(request, self.body_timeout_s))
         model_id = self.chat.resolve_model(request.match_info["model"])["id"]
         session = await self.sessions.open_for_model(model_id, body.sessionDuration)
         return json_response(LocalSession, session.public(), status=201)
 
     async def open_by_bid(self, request: web.Request) -> web.Response:
-        body = parse_body(OpenSessionRequest, await request.read())
+        body = parse_body(OpenSessionRequest, await read_body(request, self.body_timeout_s))
         bid_id = _id32(request.match_info["bid"], "bid")
         bid = self.index.bids.get(bid_id) or {**await self.market.get_bid(bid_id), "id": bid_id}
         if not bid.get("createdAt"):

@@ -6,6 +6,10 @@ arrived nothing has reached the client, so a provider that is unreachable,
 refuses, or stays silent past ``first_token_timeout`` is dropped: its session
 is closed (refunding the unused stake) and the next-rated bid is tried. The
 client sees one answer, or one clear error.
+
+A session runs as many prompts at once as its provider allows (one by default):
+a request waits for its turn on the session (``first_token_timeout`` at most, then
+429 ``session_busy``) rather than being refused by the provider.
 """
 
 from __future__ import annotations
@@ -14,18 +18,19 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
 
+from proxy_router import bounded_json
 from proxy_router.chain.index import MarketIndex
 from proxy_router.consumer.errors import ApiError
 from proxy_router.consumer.schemas import ChatRequest
 from proxy_router.consumer.sessions import ConsumerSession, SessionManager
 from proxy_router.metrics import Metrics
 from proxy_router.rpc import ErrorCode, RpcError, RpcStream, RpcUnavailable
-from proxy_router.rpc.protocol import SSE_FORMAT
+from proxy_router.rpc.protocol import MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, SSE_FORMAT
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +50,13 @@ class Reply:
     session: ConsumerSession
     stream: RpcStream
     first: bytes
+    _closed: bool = field(default=False, init=False)
+
+    def close(self) -> None:
+        """Give the session's turn back (once; the stream itself closes on its own)."""
+        if not self._closed:
+            self._closed = True
+            self.session.turns.release()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         yield self.first
@@ -98,10 +110,19 @@ class ChatService:
         """A whole non-streamed answer. Nothing reaches the client before it is
         complete, so a provider failing at any point is failed over."""
         async def whole(reply: Reply) -> tuple[dict[str, Any], ConsumerSession]:
-            async for _ in reply.stream:  # the signed trailer checks integrity
-                pass
+            try:
+                async for _ in reply.stream:  # the signed trailer checks integrity
+                    pass
+            finally:
+                reply.close()
             self.finished(reply)
-            return json.loads(reply.first), reply.session
+            try:
+                body = bounded_json.loads(reply.first, max_bytes=MAX_FRAME_BYTES)
+            except ValueError:
+                raise RpcError(ErrorCode.BACKEND_ERROR, "provider sent invalid JSON") from None
+            if not isinstance(body, dict):
+                raise RpcError(ErrorCode.BACKEND_ERROR, "provider sent a non-object answer")
+            return body, reply.session
         return await self._with_failover(req, session_id, whole)
 
     def _model_name(self, reply: Reply) -> str:
@@ -112,6 +133,10 @@ class ChatService:
                              consume: Callable[[Reply], Awaitable[T]]) -> T:
         model_id = self.resolve_model(req.model)["id"]
         payload = json.dumps(req.upstream_body()).encode()
+        if len(payload) > MAX_PAYLOAD_BYTES:  # would not fit one frame once sealed
+            raise ApiError(413, "request_too_large",
+                           f"the request is {len(payload)} bytes; a prompt may be at most "
+                           f"{MAX_PAYLOAD_BYTES} bytes", param="messages")
         explicit = self._explicit_session(session_id, model_id) if session_id else None
         exclude: set[str] = set()
         last_error = "no attempt made"
@@ -171,6 +196,22 @@ class ChatService:
         return session
 
     async def _attempt(self, session: ConsumerSession, payload: bytes) -> Reply:
+        """Wait for a turn on the session, send the prompt, wait for its first chunk.
+        The turn is held by the returned ``Reply`` until its ``close()``."""
+        try:
+            async with asyncio.timeout(self.first_token_timeout):
+                await session.turns.acquire()
+        except TimeoutError:
+            raise ApiError(429, "session_busy",
+                           f"session {session.session_id} is still answering earlier prompts",
+                           type_="rate_limit_error", headers={"Retry-After": "1"}) from None
+        try:
+            return await self._send(session, payload)
+        except BaseException:
+            session.turns.release()
+            raise
+
+    async def _send(self, session: ConsumerSession, payload: bytes) -> Reply:
         client = self.sessions.pool.get(session.endpoint, session.provider)
         cipher = await client.cipher_for(session.key)
         stream = client.stream("session.prompt",

@@ -27,6 +27,12 @@ RPC_STATUS: dict[str, tuple[int, str]] = {
     ErrorCode.WRONG_PROVIDER: (409, "invalid_request_error"),
     ErrorCode.MODEL_NOT_SERVED: (404, "invalid_request_error"),
     ErrorCode.NO_CAPACITY: (429, "rate_limit_error"),
+    ErrorCode.SESSION_BUSY: (429, "rate_limit_error"),
+    ErrorCode.RATE_LIMITED: (429, "rate_limit_error"),
+    ErrorCode.TOO_MANY_APPROVALS: (429, "rate_limit_error"),
+    ErrorCode.INSUFFICIENT_FUNDS: (402, "insufficient_funds"),
+    ErrorCode.PAYLOAD_TOO_LARGE: (413, "invalid_request_error"),
+    ErrorCode.CHAIN_UNAVAILABLE: (503, "api_error"),
     ErrorCode.BACKEND_UNAVAILABLE: (503, "api_error"),
     ErrorCode.BACKEND_ERROR: (502, "api_error"),
 }

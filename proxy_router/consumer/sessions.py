@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -47,6 +47,12 @@ class ConsumerSession:
     opened_at: int
     ends_at: int
     status: str = "open"
+    prompt_limit: int = 1
+    """Prompts the provider runs at once on this session (its ``promptsPerSession``)."""
+    turns: asyncio.Semaphore = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.turns = asyncio.Semaphore(self.prompt_limit)
 
     def row(self) -> dict[str, Any]:
         return {"session_id": self.session_id, "model_id": self.model_id,
@@ -153,7 +159,7 @@ class SessionManager:
             else:
                 continue
             try:
-                result = await self.close(session.session_id)
+                result = await self.close(session.session_id, dispute=reason == "failover")
                 log.info("session_auto_closed", reason=reason, **result)
             except ApiError as exc:
                 log.info("session_auto_close_skipped", session=session.session_id,
@@ -254,10 +260,12 @@ class SessionManager:
             raise ApiError(409, "open_session_reverted",
                            f"openSession reverted: {exc.reason}") from None
         onchain = await self.market.get_session(session_id)
+        limit = reply.get("promptsPerSession", 1)
         session = ConsumerSession(
             session_id=session_id.lower(), model_id=bid["modelId"].lower(), bid_id=bid_id,
             provider=provider, endpoint=endpoint, key=key, stake=stake,
-            opened_at=int(onchain["openedAt"]), ends_at=int(onchain["endsAt"]))
+            opened_at=int(onchain["openedAt"]), ends_at=int(onchain["endsAt"]),
+            prompt_limit=limit if isinstance(limit, int) and 1 <= limit <= 1024 else 1)
         await self.store.add_consumer_session(session.row())
         self.sessions[session.session_id] = session
         self.touch(session.session_id)
@@ -294,14 +302,18 @@ class SessionManager:
 
     # -- closing -----------------------------------------------------------------
 
-    async def close(self, session_id: str) -> dict[str, Any]:
-        """Settle a session on chain; returns the amounts and the transaction."""
+    async def close(self, session_id: str, *, dispute: bool = False) -> dict[str, Any]:
+        """Settle a session on chain; returns the amounts and the transaction.
+
+        ``dispute`` settles with our own receipt instead of the provider's: for a
+        session abandoned because the provider failed, so it is not counted a success.
+        """
         session_id = session_id.lower()
         lock = self._close_lock.setdefault(session_id, asyncio.Lock())
         async with lock:  # the sweeper and a user's close must not both send a tx
-            return await self._close(session_id)
+            return await self._close(session_id, dispute)
 
-    async def _close(self, session_id: str) -> dict[str, Any]:
+    async def _close(self, session_id: str, dispute: bool = False) -> dict[str, Any]:
         session = self.sessions.get(session_id)
         onchain = await self.market.get_session(session_id)
         if not onchain["openedAt"]:
@@ -311,7 +323,10 @@ class SessionManager:
         if onchain["closed"]:
             await self._mark_closed(session_id)
             raise ApiError(409, "session_closed", f"session {session_id} is already closed")
-        receipt, signature, _ = await self._receipt(session_id, session, onchain)
+        if dispute:
+            receipt, signature = self._own_receipt(session_id)
+        else:
+            receipt, signature, _ = await self._receipt(session_id, session, onchain)
         tx = await self.market.close_session(receipt, signature)
         settled = tx.event("SessionSettled")
         await self._mark_closed(session_id, tx.tx_hash)
@@ -340,9 +355,13 @@ class SessionManager:
             return receipt, signature, False
         except (RpcError, RpcUnavailable, KeyError, ValueError) as exc:
             log.warning("receipt_unavailable_disputing", session=sid, error=str(exc))
+        return (*self._own_receipt(sid), True)
+
+    def _own_receipt(self, sid: str) -> tuple[bytes, bytes]:
+        """A receipt signed by us (a dispute: the provider's share is held, no success)."""
         own = Receipt(bytes.fromhex(sid[2:]), self.market.client.chain_id,
                       self.chain_now()).encode()
-        return own, sign_blob(self.account, own), True
+        return own, sign_blob(self.account, own)
 
     def _client_for(self, session: ConsumerSession | None,
                     onchain: dict[str, Any]) -> RpcClient:
@@ -357,8 +376,9 @@ class SessionManager:
         await self.store.set_consumer_session_status(session_id, "closed", tx)
 
     async def discard(self, session: ConsumerSession) -> None:
-        """Stop using a failed provider's session and settle it (refund the rest)."""
+        """Stop using a failed provider's session and settle it as a dispute (refund the
+        rest; the provider's share is held, and its stats gain no success)."""
         try:
-            await self.close(session.session_id)
+            await self.close(session.session_id, dispute=True)
         except (ApiError, ChainError) as exc:
             log.warning("failover_close_failed", session=session.session_id, error=str(exc))

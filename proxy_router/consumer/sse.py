@@ -9,8 +9,10 @@ of a stream). An older provider sends one event's bare JSON per chunk: ``as_sse`
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from proxy_router import bounded_json
+from proxy_router.rpc.protocol import MAX_FRAME_BYTES
 
 _PREFIX = b"data: "
 _END = b"\n\n"
@@ -27,7 +29,7 @@ def as_sse(chunk: bytes) -> bytes:
 def _event(raw: bytes) -> dict[str, Any] | None:
     """One ``data: <json>`` event (no trailing blank line) parsed, or None."""
     try:
-        doc = json.loads(raw[5:])
+        doc = bounded_json.loads(raw[5:], max_bytes=MAX_FRAME_BYTES)
     except ValueError:
         return None
     return doc if isinstance(doc, dict) else None

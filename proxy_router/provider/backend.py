@@ -13,16 +13,23 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from proxy_router import bounded_json
+
 JSON = dict[str, Any]
 _DONE = b"[DONE]"
 _DRAIN_AFTER_DONE_S = 1.0  # wait this long for end-of-body so the connection is reused
 _MAX_ERROR_TEXT = 500
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+"""Largest SSE event a backend may send: past it the stream is broken, not buffered."""
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+"""Largest non-stream completion read from a backend."""
+_MAX_ERROR_BODY = 64 * 1024
 _MAX_BATCH_BYTES = 64 * 1024  # one sealed chunk of raw events (frames are capped at 8 MiB)
 
 
@@ -100,6 +107,8 @@ class SSEDecoder:
             data = self._partial + data
         lines = data.split(b"\n")
         self._partial = lines.pop()
+        if len(self._partial) > MAX_EVENT_BYTES:
+            raise SSEProtocolError(f"an event line exceeds {MAX_EVENT_BYTES} bytes")
         out: list[bytes] = []
         pending = self._data
         for line in lines:
@@ -116,6 +125,8 @@ class SSEDecoder:
             elif line.startswith(b"data:"):
                 value = line[5:]
                 pending.append(value[1:] if value.startswith(b" ") else value)
+                if len(pending) > 1 and sum(map(len, pending)) > MAX_EVENT_BYTES:
+                    raise SSEProtocolError(f"an event exceeds {MAX_EVENT_BYTES} bytes")
             # ':' comments and event/id/retry fields carry nothing we use
         return out
 
@@ -146,7 +157,7 @@ class SSEDecoder:
 def parse_event(payload: bytes) -> JSON:
     """One `data:` payload as a JSON object, else SSEProtocolError."""
     try:
-        event = json.loads(payload)
+        event = bounded_json.loads(payload, max_bytes=MAX_EVENT_BYTES)
     except ValueError as exc:
         raise SSEProtocolError(f"data is not JSON: {payload[:80]!r}") from exc
     if not isinstance(event, dict):
@@ -179,7 +190,7 @@ def needs_parsing(payload: bytes) -> bool:
 def extract_error_message(raw: bytes, fallback: str) -> str:
     """Pull the human message out of an error body (OpenAI, FastAPI or plain text)."""
     try:
-        doc = json.loads(raw)
+        doc = bounded_json.loads(raw, max_bytes=_MAX_ERROR_BODY)
     except ValueError:
         text = raw.decode("utf-8", "replace").strip()
         return text[:_MAX_ERROR_TEXT] or fallback
@@ -208,6 +219,21 @@ def _stream_error(event: JSON) -> BackendError | None:
         status = code if isinstance(code, int) and 400 <= code <= 599 else 500
         return BackendError(status, str(err.get("message") or err))
     return BackendError(500, str(err))
+
+
+async def read_capped(content: aiohttp.StreamReader, limit: int, *,
+                      truncate: bool = False) -> bytes:
+    """A body read to its end but never past ``limit`` bytes: cut there (``truncate``),
+    or ``BackendError`` (a reply that large is not one we will hold in memory)."""
+    buf = bytearray()
+    while len(buf) <= limit:
+        chunk = await content.read(min(65536, limit + 1 - len(buf)))
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+    if truncate:
+        return bytes(buf[:limit])
+    raise BackendError(502, f"backend reply exceeds {limit} bytes")
 
 
 class OpenAIBackend:
@@ -264,7 +290,7 @@ class OpenAIBackend:
             raise BackendUnavailable(f"{type(exc).__name__} from {self._url}: {exc}") from None
         if resp.status // 100 != 2:
             try:
-                raw = await resp.read()
+                raw = await read_capped(resp.content, _MAX_ERROR_BODY, truncate=True)
             except (aiohttp.ClientError, TimeoutError):
                 raw = b""
             finally:
@@ -293,7 +319,7 @@ class OpenAIBackend:
 
     async def stream_events(
         self, body: Mapping[str, Any], meter: UsageMeter | None = None
-    ) -> AsyncIterator[list[bytes]]:
+    ) -> AsyncGenerator[list[bytes], None]:
         """Yield the raw JSON payloads of a streamed chat completion, in batches.
 
         A batch is every event one read of the response brought (at most
@@ -396,7 +422,10 @@ class OpenAIBackend:
         """Return a non-stream chat completion (OpenAI `chat.completion` object)."""
         resp = await self._post(self._payload(body, stream=False), "the completion")
         try:
-            raw = await resp.read()
+            raw = await read_capped(resp.content, MAX_RESPONSE_BYTES)
+        except BackendError:
+            resp.close()
+            raise
         except TimeoutError:
             resp.close()
             raise BackendUnavailable(
@@ -407,9 +436,9 @@ class OpenAIBackend:
             raise BackendUnavailable(f"{type(exc).__name__} from {self._url}: {exc}") from None
         resp.release()
         try:
-            doc = json.loads(raw)
+            doc = bounded_json.loads(raw, max_bytes=MAX_RESPONSE_BYTES)
         except ValueError:
-            raise BackendError(502, f"backend returned invalid JSON: {raw[:80]!r}") from None
+            raise BackendError(502, "backend returned invalid JSON") from None
         if not isinstance(doc, dict):
             raise BackendError(502, "backend returned a non-object JSON body")
         err = _stream_error(doc)
@@ -545,7 +574,7 @@ class UsageMeter:
                 self._end = self._clock()
                 return
             try:
-                event = json.loads(payload)
+                event = bounded_json.loads(payload, max_bytes=MAX_EVENT_BYTES)
             except ValueError:
                 event = None
             if not isinstance(event, dict):

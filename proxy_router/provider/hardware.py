@@ -138,7 +138,7 @@ def _opencl_devices(notes: list[str]) -> list[dict[str, Any]]:
                     {
                         "platform": str(plat.name).strip(),
                         "name": str(dev.name).strip(),
-                        "type": cl.device_type.to_string(dev.type),
+                        "type": cl.device_type.to_string(dev.type),  # type: ignore[operator]
                         "memoryBytes": int(dev.global_mem_size),
                     }
                 )

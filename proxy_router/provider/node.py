@@ -1,30 +1,39 @@
 """The provider proxy-router: MOR-RPC methods on top of chain, capacity and backends.
 
-``session.request`` signs approvals against per-model capacity,
-``session.prompt`` runs every check of DESIGN.md §3 and streams the backend's
-chunks (encrypted by the transport), ``session.report`` signs the receipt the
-user settles with, ``provider.capabilities`` describes this node.
+``session.request`` signs approvals, ``session.prompt`` runs every check of
+DESIGN.md §3 and streams the backend's chunks (encrypted by the transport),
+``session.report`` signs the receipt the user settles with,
+``provider.capabilities`` describes this node.
+
+An approval must cost its asker something real before it costs us anything: it is
+signed only for a requester holding the MOR for the bid's shortest session and ETH
+for the gas, while this requester's unused approvals are under the cap, a slot is
+free and the model's backend answers. Every refusal is decided before any state is
+written. Peers get stable codes and generic messages; details (URLs, paths,
+backend texts) go to the log, redacted.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import structlog
+from eth_abi.packed import encode_packed
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 
-from proxy_router import __version__
+from proxy_router import __version__, bounded_json
+from proxy_router.chain.client import ChainClient
 from proxy_router.chain.encoding import Approval, Receipt, sign_blob
 from proxy_router.chain.errors import ChainError
 from proxy_router.chain.index import MarketIndex
 from proxy_router.chain.marketplace import Marketplace, to_bytes32
 from proxy_router.metrics import Metrics
+from proxy_router.provider.approvals import ApprovalLedger, TooManyApprovals
 from proxy_router.provider.backend import (
     BackendError,
     BackendFailure,
@@ -34,14 +43,22 @@ from proxy_router.provider.backend import (
     UsageMeter,
     estimate_prompt_tokens,
 )
-from proxy_router.provider.capacity import APPROVAL_TTL_SECONDS, CapacityManager, NoCapacity
+from proxy_router.provider.backend_health import BackendMonitor
+from proxy_router.provider.capacity import CapacityManager, NoCapacity, SessionBusy
 from proxy_router.provider.hardware import detect_hardware
 from proxy_router.provider.models_config import ModelsConfig, normalize_model_id
+from proxy_router.ratelimit import RateLimiter
 from proxy_router.rpc import ErrorCode, RequestContext, RpcError, RpcServer
-from proxy_router.rpc.protocol import SSE_FORMAT
+from proxy_router.rpc.protocol import MAX_FRAME_BYTES, SSE_FORMAT
 from proxy_router.store.db import Store
 
 log = structlog.get_logger(__name__)
+
+MIN_SESSION_SECONDS = 300
+"""The contract's shortest session: the least a requester must be able to pay for."""
+OPEN_SESSION_GAS = 250_000
+"""Gas of ``openSession`` plus a MOR ``approve``, which the requester must afford."""
+_GAS_PRICE_TTL_S = 30.0
 
 
 def _param(params: dict[str, Any], name: str) -> str:
@@ -65,25 +82,33 @@ class ProviderNode:
                  models: ModelsConfig, backend_urls: dict[str, str], store: Store,
                  http: aiohttp.ClientSession, backend_timeouts: BackendTimeouts | None = None,
                  capacity: CapacityManager | None = None, close_grace_s: int = 60,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, prompts_per_session: int = 1,
+                 approvals_per_user: int = 3,
+                 session_requests_per_ip_s: float = 20.0) -> None:
         self.account = account
         self.address = account.address
         self.market = market
         self.index = index
         self.models = models
         self.store = store
-        self.capacity = capacity or CapacityManager(models.slots_by_model())
+        self.capacity = capacity or CapacityManager(models.slots_by_model(),
+                                                    prompts_per_session=prompts_per_session)
+        self.approvals = ApprovalLedger(per_user=approvals_per_user)
+        self.request_rate = RateLimiter(session_requests_per_ip_s,
+                                        burst=max(1.0, 2 * session_requests_per_ip_s))
         self.backends = {
             normalize_model_id(m.model_id): OpenAIBackend(
                 backend_urls[normalize_model_id(m.model_id)], model_name=m.model_name,
                 session=http, api_key=m.api_key, timeouts=backend_timeouts)
             for m in models.models
         }
+        self.health = BackendMonitor(self.backends, http)
         self.close_grace_s = close_grace_s
         self.metrics = metrics or Metrics("provider")
         self._http = http
         self._sessions: dict[str, dict[str, Any]] = {}
-        self._issued: dict[tuple[str, str], set[int]] = {}
+        """Our own open sessions as read from the chain (evicted at close or end)."""
+        self._gas_price: tuple[float, int] = (0.0, 0)
         index.subscribe(self._on_event)
 
     # -- wiring ----------------------------------------------------------------
@@ -105,13 +130,29 @@ class ProviderNode:
         return sum(1 for s in self.index.sessions.values()
                    if not s.get("closed") and str(s.get("provider", "")).lower() == me)
 
+    def rebuild_capacity(self) -> int:
+        """Count our sessions the index knows open (after a restart); returns how many."""
+        now = self.chain_now()
+        me = self.address.lower()
+        n = 0
+        for session_id, session in self.index.sessions.items():
+            if (str(session.get("provider", "")).lower() == me and not session.get("closed")
+                    and int(session.get("endsAt", 0)) > now
+                    and self.capacity.serves(str(session.get("modelId", "")))):
+                self.capacity.track_session(session_id, session["modelId"],
+                                            float(session["endsAt"]))
+                n += 1
+        log.info("capacity_rebuilt", open_sessions=n)
+        return n
+
     async def _on_event(self, name: str, args: dict[str, Any]) -> None:
         if str(args.get("provider", "")).lower() != self.address.lower():
             return
         session_id = str(args.get("sessionId", "")).lower()
         if name == "SessionOpened":
+            self.approvals.consume(session_id)
             session = self.index.sessions.get(session_id)
-            if session:
+            if session and self.capacity.serves(str(session["modelId"])):
                 self.capacity.track_session(session_id, session["modelId"],
                                             float(session["endsAt"]))
         elif name == "SessionClosed":
@@ -122,45 +163,81 @@ class ProviderNode:
 
     async def session_request(self, params: dict[str, Any], ctx: RequestContext
                               ) -> dict[str, Any]:
+        if not self.request_rate.allow(ctx.remote or "?"):
+            raise RpcError(ErrorCode.RATE_LIMITED, "too many session requests from this address")
         bid_id = _bytes32(params, "bidId")
-        bid = await self._read(self.market.get_bid(bid_id))
-        if not bid["createdAt"] or bid["deletedAt"]:
+        user = to_checksum_address(ctx.sender)
+        if user.lower() == self.address.lower():
+            raise RpcError(ErrorCode.BAD_REQUEST, "a provider cannot open a session on itself")
+        await self._forget_opened_approvals(user)
+        self._check_approval_cap(user)
+        bid = self.index.bids.get(bid_id) or await self._read(self.market.get_bid(bid_id))
+        if not bid.get("createdAt") or bid.get("deletedAt"):
             raise RpcError(ErrorCode.BID_NOT_FOUND, f"bid {bid_id} is not active")
-        if bid["provider"].lower() != self.address.lower():
+        if str(bid["provider"]).lower() != self.address.lower():
             raise RpcError(ErrorCode.WRONG_PROVIDER, f"bid {bid_id} belongs to {bid['provider']}")
         model_id = normalize_model_id(bid["modelId"])
         if model_id not in self.backends:
             raise RpcError(ErrorCode.MODEL_NOT_SERVED, f"model {model_id} is not served here")
-        if ctx.sender.lower() == self.address.lower():
-            raise RpcError(ErrorCode.BAD_REQUEST, "a provider cannot open a session on itself")
-        approval = Approval(bytes.fromhex(bid_id[2:]), self.market.client.chain_id,
-                            to_checksum_address(ctx.sender),
-                            self._approval_time(ctx.sender, bid_id)).encode()
         try:
-            self.capacity.reserve_approval(model_id, "0x" + keccak(approval).hex())
+            self.capacity.check_approve(model_id)
         except NoCapacity as exc:
             raise RpcError(ErrorCode.NO_CAPACITY, str(exc)) from None
-        log.info("approval_signed", bid=bid_id, user=ctx.sender)
-        return {"approval": "0x" + approval.hex(),
-                "approvalSig": "0x" + sign_blob(self.account, approval).hex(),
+        if not await self.health.is_up(model_id):
+            raise RpcError(ErrorCode.BACKEND_UNAVAILABLE,
+                           "the model server for this bid is down; try another provider")
+        await self._check_funds(user, int(bid["pricePerSecond"]))
+        self._check_approval_cap(user)  # again: other requests of this user ran meanwhile
+        stamp = self.approvals.timestamp_for(user, bid_id, self.chain_now())
+        bid_bytes = bytes.fromhex(bid_id[2:])
+        approval = Approval(bid_bytes, self.market.client.chain_id, user, stamp).encode()
+        signature = sign_blob(self.account, approval)
+        session_id = keccak(encode_packed(["address", "address", "bytes32", "bytes32"],
+                                          [user, self.address, bid_bytes, keccak(approval)]))
+        self.approvals.add(user, bid_id, stamp, "0x" + session_id.hex())
+        log.info("approval_signed", bid=bid_id, user=user)
+        return {"approval": "0x" + approval.hex(), "approvalSig": "0x" + signature.hex(),
                 "bidId": bid_id, "modelId": model_id,
-                "pricePerSecond": str(bid["pricePerSecond"])}
+                "pricePerSecond": str(bid["pricePerSecond"]),
+                "promptsPerSession": self.capacity.prompts_per_session}
 
-    def _approval_time(self, user: str, bid_id: str) -> int:
-        """A timestamp never issued before for (user, bid).
+    async def _forget_opened_approvals(self, user: str) -> None:
+        """A user at the cap may have opened sessions our index has not seen yet: ask the
+        chain about those (a few reads, and only for a user who was given approvals)."""
+        if self.approvals.outstanding(user) < self.approvals.per_user:
+            return
+        for session_id in self.approvals.sessions_of(user):
+            session = await self._read(self.market.get_session(session_id))
+            if session.get("openedAt"):
+                self.approvals.consume(session_id)
 
-        An approval has no nonce: two for the same user and bid in the same second
-        would be byte-identical, and the contract accepts an approval once. Stepping
-        back a second keeps it valid (the TTL is minutes) and unique.
-        """
-        now = self.chain_now()
-        issued = self._issued.setdefault((user.lower(), bid_id), set())
-        issued.difference_update({t for t in issued if t < now - APPROVAL_TTL_SECONDS})
-        stamp = now
-        while stamp in issued:
-            stamp -= 1
-        issued.add(stamp)
-        return stamp
+    def _check_approval_cap(self, user: str) -> None:
+        try:
+            self.approvals.check(user)
+        except TooManyApprovals as exc:
+            raise RpcError(ErrorCode.TOO_MANY_APPROVALS, str(exc)) from None
+
+    async def _check_funds(self, user: str, price_per_second: int) -> None:
+        """The requester can pay the bid's shortest session and the gas to open it."""
+        need = price_per_second * MIN_SESSION_SECONDS
+        mor = int(await self._read(self.market.mor_balance(user)))
+        if mor < need:
+            raise RpcError(ErrorCode.INSUFFICIENT_FUNDS,
+                           f"a session on this bid needs at least {need} MOR wei "
+                           f"({MIN_SESSION_SECONDS} s); the address holds {mor}")
+        gas_wei = OPEN_SESSION_GAS * await self._gas_price_wei()
+        eth = int(await self._read(self.market.eth_balance(user)))
+        if eth < gas_wei:
+            raise RpcError(ErrorCode.INSUFFICIENT_FUNDS,
+                           f"opening a session needs about {gas_wei} wei of gas; "
+                           f"the address holds {eth}")
+
+    async def _gas_price_wei(self) -> int:
+        at, price = self._gas_price
+        if time.monotonic() - at > _GAS_PRICE_TTL_S:
+            price = int(await self._read(ChainClient._guard(self.market.client.w3.eth.gas_price)))
+            self._gas_price = (time.monotonic(), price)
+        return price
 
     # -- session.prompt ---------------------------------------------------------
 
@@ -174,7 +251,7 @@ class ProviderNode:
             raise RpcError(ErrorCode.MODEL_NOT_SERVED, f"model {model_id} is not served here")
         ctx.use_peer_key(_param(params, "key"))
         try:
-            body = json.loads(ctx.open_payload())
+            body = bounded_json.loads(ctx.open_payload(), max_bytes=MAX_FRAME_BYTES)
         except RpcError:
             raise
         except ValueError:
@@ -183,12 +260,15 @@ class ProviderNode:
             raise RpcError(ErrorCode.BAD_REQUEST, "payload must be a chat request with messages")
         meter = UsageMeter(prompt_tokens_estimate=estimate_prompt_tokens(body))
         try:
-            async with self.capacity.prompt_slot(model_id):
-                async for item in _generate(backend, body, meter,
-                                            sse=params.get("format") == SSE_FORMAT):
+            async with self.capacity.prompt_slot(model_id, session_id):
+                async for item in self._generate(model_id, backend, body, meter,
+                                                 sse=params.get("format") == SSE_FORMAT):
                     yield item
         except NoCapacity as exc:
             raise RpcError(ErrorCode.NO_CAPACITY, str(exc)) from None
+        except SessionBusy as exc:
+            raise RpcError(ErrorCode.SESSION_BUSY, str(exc),
+                           {"promptsPerSession": exc.limit}) from None
         usage = meter.result()
         ctx.trailer["usage"] = {"prompt_tokens": usage.prompt_tokens,
                                 "completion_tokens": usage.completion_tokens,
@@ -221,6 +301,10 @@ class ProviderNode:
                            f"session {session_id} belongs to another user")
         if self.chain_now() >= int(session["endsAt"]):
             raise RpcError(ErrorCode.SESSION_EXPIRED, f"session {session_id} has ended")
+        if not self.capacity.tracks(session_id) and self.capacity.serves(str(session["modelId"])):
+            # opened while we were down, or its event is not indexed yet: it holds a slot
+            self.approvals.consume(session_id)
+            self.capacity.track_session(session_id, session["modelId"], float(session["endsAt"]))
         return session
 
     # -- session.report ---------------------------------------------------------
@@ -262,6 +346,8 @@ class ProviderNode:
         for the full duration), and claim disputed shares once they are released."""
         now = self.chain_now()
         me = self.address.lower()
+        for session_id in [s for s, v in self._sessions.items() if int(v["endsAt"]) <= now]:
+            del self._sessions[session_id]
         for session_id, session in list(self.index.sessions.items()):
             if str(session.get("provider", "")).lower() != me:
                 continue
@@ -284,18 +370,7 @@ class ProviderNode:
 
     async def backend_health(self) -> dict[str, dict[str, Any]]:
         """One component per model: does its backend answer ``GET /models``?"""
-        out: dict[str, dict[str, Any]] = {}
-        for model_id, backend in self.backends.items():
-            name = f"backend:{backend.model_name}"
-            try:
-                async with self._http.get(backend.base_url + "/models",
-                                          timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                    out[name] = {"ok": resp.status == 200, "modelId": model_id,
-                                 "error": None if resp.status == 200 else f"HTTP {resp.status}"}
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                out[name] = {"ok": False, "modelId": model_id,
-                             "error": f"{type(exc).__name__}: {exc}"}
-        return out
+        return await self.health.health()
 
     # -- provider.capabilities ---------------------------------------------------
 
@@ -312,44 +387,67 @@ class ProviderNode:
                  "capacity": snapshot.get(normalize_model_id(m.model_id), {})}
                 for m in self.models.models
             ],
+            "promptsPerSession": self.capacity.prompts_per_session,
+            "unusedApprovals": len(self.approvals),
         }
 
     @staticmethod
-    async def _read(awaitable: Any) -> dict[str, Any]:
+    async def _read(awaitable: Any) -> Any:
+        """A chain read; a failure is ``CHAIN_UNAVAILABLE`` with no detail for the peer
+        (RPC URLs carry API keys), the detail in our log."""
         try:
-            return dict(await awaitable)
+            result = await awaitable
         except ChainError as exc:
-            raise RpcError(ErrorCode.INTERNAL, f"chain unavailable: {exc}") from None
+            log.warning("chain_read_failed", error=str(exc))
+            raise RpcError(ErrorCode.CHAIN_UNAVAILABLE,
+                           "the provider cannot reach its chain right now; retry later") from None
+        return dict(result) if hasattr(result, "keys") else result
+
+    async def _generate(self, model_id: str, backend: OpenAIBackend, body: dict[str, Any],
+                        meter: UsageMeter, *, sse: bool) -> AsyncIterator[bytes | dict[str, Any]]:
+        """``_generate`` with backend failures as RPC errors that name no URL or path."""
+        try:
+            async for item in _generate(backend, body, meter, sse=sse):
+                yield item
+        except BackendUnavailable as exc:
+            self.health.mark_down(model_id)
+            log.warning("backend_unavailable", model=backend.model_name, reason=exc.reason)
+            raise RpcError(ErrorCode.BACKEND_UNAVAILABLE, "the model server is unavailable") \
+                from None
+        except BackendError as exc:
+            log.warning("backend_error", model=backend.model_name, status=exc.status,
+                        message=exc.message)
+            raise RpcError(ErrorCode.BACKEND_ERROR,
+                           f"the model server refused the request (HTTP {exc.status})",
+                           {"status": exc.status}) from None
+        except BackendFailure as exc:
+            log.warning("backend_failed", model=backend.model_name, error=str(exc))
+            raise RpcError(ErrorCode.BACKEND_ERROR, "the model server's answer broke off") \
+                from None
+        self.health.mark_up(model_id)
 
 
 async def _generate(backend: OpenAIBackend, body: dict[str, Any], meter: UsageMeter, *,
                     sse: bool = False) -> AsyncIterator[bytes | dict[str, Any]]:
-    """Backend chunks (or one whole reply), measured, with failures as RPC errors.
+    """Backend chunks (or one whole reply), measured.
 
     A stream is forwarded without a JSON round trip: with ``sse`` (the consumer asked
     for ``format: "sse"``) each stream chunk is ready-to-write SSE bytes holding every
     event one backend read brought (``data: {…}`` and a blank line each); without it, each is
     one event's JSON, as older consumers expect. A non-stream reply is one JSON chunk.
     """
-    try:
-        if body.get("stream", True):
-            async with contextlib.aclosing(backend.stream_events(body, meter)) as batches:
-                async for batch in batches:
-                    if sse:
-                        yield b"data: " + b"\n\ndata: ".join(batch) + b"\n\n"
-                    else:
-                        for payload in batch:
-                            yield payload
-        else:
-            response = await backend.complete_chat(body)
-            meter.observe_response(response)
-            yield response
-    except BackendUnavailable as exc:
-        raise RpcError(ErrorCode.BACKEND_UNAVAILABLE, exc.reason) from None
-    except BackendError as exc:
-        raise RpcError(ErrorCode.BACKEND_ERROR, exc.message, {"status": exc.status}) from None
-    except BackendFailure as exc:
-        raise RpcError(ErrorCode.BACKEND_ERROR, str(exc)) from None
+    if body.get("stream", True):
+        async with contextlib.aclosing(backend.stream_events(body, meter)) as batches:
+            async for batch in batches:
+                if sse:
+                    yield b"data: " + b"\n\ndata: ".join(batch) + b"\n\n"
+                else:
+                    for payload in batch:
+                        yield payload
+    else:
+        response = await backend.complete_chat(body)
+        meter.observe_response(response)
+        yield response
 
 
 def _integers_only(value: Any) -> Any:

@@ -187,7 +187,7 @@ class RpcClient:
         self.frame_timeout = frame_timeout
         self.heartbeat = heartbeat
         self.max_frame_bytes = max_frame_bytes
-        self.cipher_cache = cipher_cache or CipherCache()
+        self.cipher_cache = cipher_cache if cipher_cache is not None else CipherCache()
         self.provider_public_key: bytes | None = None
         """Learned from the first verified frame; needed for end-to-end encryption."""
         self.connects = 0
@@ -286,7 +286,7 @@ class RpcClient:
             try:
                 ws = await asyncio.wait_for(
                     self._session.ws_connect(self.url, heartbeat=self.heartbeat, compress=0,
-                                             max_msg_size=self.max_frame_bytes),
+                                             max_msg_size=2 * self.max_frame_bytes),
                     self.connect_timeout)
             except TimeoutError as exc:
                 raise RpcTimeout(f"connect to {self.endpoint} timed out") from exc
@@ -507,7 +507,8 @@ class RpcPool:
     def __init__(self, signer: Signer, **client_options: Any) -> None:
         self.signer = signer
         self.client_options = client_options
-        self.cipher_cache: CipherCache = client_options.pop("cipher_cache", None) or CipherCache()
+        cache = client_options.pop("cipher_cache", None)
+        self.cipher_cache: CipherCache = cache if cache is not None else CipherCache()
         self._clients: dict[tuple[str, str], RpcClient] = {}
 
     def __len__(self) -> int:

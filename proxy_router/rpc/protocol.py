@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from proxy_router import bounded_json
+
 from .canonical import MAX_SAFE_INTEGER, canonical_json
 from .errors import ErrorCode, RpcError
 
@@ -28,6 +30,12 @@ WS_PATH = "/mor-rpc"
 STREAM_WINDOW = 256
 """Chunks a provider may send ahead of the consumer's ``rpc.credit`` grants."""
 MAX_FRAME_BYTES = 8 * 1024 * 1024
+"""Largest frame a request may be: a larger one fails that request (``PAYLOAD_TOO_LARGE``)."""
+HARD_FRAME_BYTES = 2 * MAX_FRAME_BYTES
+"""Largest WebSocket message read at all: past it the peer is abusive and the link closes."""
+MAX_PAYLOAD_BYTES = (MAX_FRAME_BYTES - 64 * 1024) * 3 // 4 - 16
+"""Largest plaintext prompt that still fits a frame once sealed (AES-GCM tag) and base64'd,
+with 64 KiB for the envelope; the consumer refuses larger ones with 413 before sealing."""
 MAX_ID_LENGTH = 128
 SSE_FORMAT = "sse"
 """``session.prompt`` param ``format``: the consumer takes stream chunks as ready-to-write
@@ -47,12 +55,15 @@ def encode_frame(frame: dict[str, Any]) -> str:
     return _dumps(frame)
 
 
-def decode_frame(text: str | bytes) -> dict[str, Any]:
-    """Parse one frame; anything but a JSON object is ``BAD_REQUEST``."""
+def decode_frame(text: str | bytes, max_bytes: int = HARD_FRAME_BYTES) -> dict[str, Any]:
+    """Parse one frame, bounded in size and depth; anything but a JSON object is
+    ``BAD_REQUEST`` (never a crash: see ``bounded_json``)."""
     try:
-        frame = json.loads(text)
+        frame = bounded_json.loads(text, max_bytes=max_bytes)
+    except bounded_json.JsonTooLarge as exc:
+        raise RpcError(ErrorCode.PAYLOAD_TOO_LARGE, str(exc)) from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RpcError(ErrorCode.BAD_REQUEST, "frame is not valid JSON") from exc
+        raise RpcError(ErrorCode.BAD_REQUEST, f"frame is not valid JSON: {exc}") from None
     if not isinstance(frame, dict):
         raise RpcError(ErrorCode.BAD_REQUEST, "frame must be a JSON object")
     return frame

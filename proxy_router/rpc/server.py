@@ -20,7 +20,10 @@ Flow control: a stream may run ``STREAM_WINDOW`` chunks ahead of the consumer;
 the consumer returns credit with ``rpc.credit`` notifications as it reads. A
 consumer that stops reading therefore stops the handler (and its backend read)
 after one window instead of growing buffers on either side, and one slow
-stream never stalls the others sharing the socket.
+stream never stalls the others sharing the socket. A stream left without credit
+for ``credit_timeout`` ends with ``FLOW_CONTROL`` and frees its slot; a consumer
+that stops reading its socket altogether (the send buffer stays full for as long)
+loses the connection, which cancels its requests.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from .. import __version__
+from ..netguard import ConnectionLimits, serve_app
 from .canonical import CanonicalJsonError
 from .crypto import CipherCache, E2ECipher, Role
 from .errors import ErrorCode, RpcError
@@ -71,6 +75,8 @@ UnaryHandler = Callable[[dict[str, Any], "RequestContext"], Awaitable[dict[str, 
 StreamHandler = Callable[[dict[str, Any], "RequestContext"], AsyncIterator[Chunk]]
 H = TypeVar("H", bound=UnaryHandler | StreamHandler)
 _MAX_CREDIT = STREAM_WINDOW * 64
+_STALLED_BUFFER_BYTES = 256 * 1024
+"""Unsent bytes on a socket above which its reader counts as stalled."""
 OK = "OK"
 
 
@@ -159,13 +165,17 @@ class _Inflight:
 class _Connection:
     """One consumer's socket and the requests in flight on it."""
 
-    __slots__ = ("inflight", "remote", "signer", "ws")
+    __slots__ = ("inflight", "remote", "signer", "stalled_s", "transport", "watch", "ws")
 
-    def __init__(self, ws: web.WebSocketResponse, signer: Signer, remote: str | None) -> None:
+    def __init__(self, ws: web.WebSocketResponse, signer: Signer, remote: str | None,
+                 transport: asyncio.Transport | None) -> None:
         self.ws = ws
         self.signer = signer
         self.remote = remote
+        self.transport = transport
         self.inflight: dict[RequestId, _Inflight] = {}
+        self.stalled_s = 0.0
+        self.watch: asyncio.TimerHandle | None = None
 
     async def send_signed(self, frame: dict[str, Any]) -> None:
         """Sign and send; a vanished peer is not an error (its requests are cancelled)."""
@@ -184,17 +194,21 @@ class RpcServer:
                  heartbeat: float | None = 30.0, credit_timeout: float = 120.0,
                  max_frame_bytes: int = MAX_FRAME_BYTES,
                  cipher_cache: CipherCache | None = None,
-                 observer: RpcObserver | None = None) -> None:
+                 observer: RpcObserver | None = None,
+                 limits: ConnectionLimits | None = None) -> None:
         self.signer = signer
         self.observer = observer
-        self.replay_guard = replay_guard or ReplayGuard()
+        self.limits = limits
+        """Connection caps and deadlines of ``start()`` (a mounted server gets its app's)."""
+        self.replay_guard = replay_guard if replay_guard is not None else ReplayGuard()
         self.version = version
         self.max_inflight = max_inflight
         self.heartbeat = heartbeat
         self.credit_timeout = credit_timeout
         self.max_frame_bytes = max_frame_bytes
-        self.cipher_cache = cipher_cache or CipherCache()
+        self.cipher_cache = cipher_cache if cipher_cache is not None else CipherCache()
         self.connections_accepted = 0
+        self.stalled_connections = 0
         self._connections: set[_Connection] = set()
         self._unary: dict[str, UnaryHandler] = {}
         self._streams: dict[str, StreamHandler] = {}
@@ -224,8 +238,10 @@ class RpcServer:
         return len(self._connections)
 
     async def _ping(self, params: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        nonce = params.get("nonce")
         return {"version": self.version, "protocol": PROTOCOL,
-                "nonce": params.get("nonce", ctx.nonce)}
+                "nonce": nonce if isinstance(nonce, str) and len(nonce) <= 66 else ctx.nonce,
+                "maxFrameBytes": self.max_frame_bytes}
 
     # -- hosting ------------------------------------------------------------------------------
 
@@ -238,11 +254,7 @@ class RpcServer:
         """Serve on ``host:port`` (0 = any free port); returns the bound port."""
         app = web.Application()
         self.add_routes(app)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=5.0)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        self.port = int(self._runner.addresses[0][1])
+        self._runner, self.port = await serve_app(app, host, port, self.limits)
         return self.port
 
     async def stop(self) -> None:
@@ -261,12 +273,15 @@ class RpcServer:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """aiohttp handler for ``GET /mor-rpc``."""
-        ws = web.WebSocketResponse(heartbeat=self.heartbeat, max_msg_size=self.max_frame_bytes,
-                                   compress=False)
+        ws = web.WebSocketResponse(heartbeat=self.heartbeat,
+                                   max_msg_size=2 * self.max_frame_bytes, compress=False)
         await ws.prepare(request)
-        conn = _Connection(ws, self.signer, request.remote)
+        transport = request.transport
+        conn = _Connection(ws, self.signer, request.remote,
+                           transport if isinstance(transport, asyncio.Transport) else None)
         self._connections.add(conn)
         self.connections_accepted += 1
+        self._watch(conn)
         try:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
@@ -278,15 +293,35 @@ class RpcServer:
                     break
         finally:
             self._connections.discard(conn)
+            if conn.watch is not None:
+                conn.watch.cancel()
             tasks = [e.task for e in conn.inflight.values() if e.task is not None]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         return ws
 
+    def _watch(self, conn: _Connection) -> None:
+        """Every few seconds: abort a connection whose send buffer stayed full too long."""
+        transport = conn.transport
+        if transport is None or transport.is_closing():
+            return
+        interval = max(0.5, self.credit_timeout / 4)
+        if transport.get_write_buffer_size() > _STALLED_BUFFER_BYTES:
+            conn.stalled_s += interval
+            if conn.stalled_s > self.credit_timeout:
+                log.info("mor_rpc.reader_stalled", remote=conn.remote,
+                         requests=len(conn.inflight))
+                self.stalled_connections += 1
+                transport.abort()
+                return
+        else:
+            conn.stalled_s = 0.0
+        conn.watch = asyncio.get_running_loop().call_later(interval, self._watch, conn)
+
     async def _on_text(self, conn: _Connection, text: str) -> None:
         try:
-            frame = decode_frame(text)
+            frame = decode_frame(text, 2 * self.max_frame_bytes)
         except RpcError as exc:
             await conn.send_signed(error_frame(None, exc, None))
             return
@@ -307,6 +342,10 @@ class RpcServer:
             self._on_notification(conn, ctx)
             return
         try:
+            if len(text) > self.max_frame_bytes:  # this request fails, the link stays
+                raise RpcError(ErrorCode.PAYLOAD_TOO_LARGE,
+                               f"frame exceeds {self.max_frame_bytes} bytes",
+                               {"maxFrameBytes": self.max_frame_bytes})
             entry = self._dispatch(conn, ctx)
         except RpcError as exc:
             await conn.send_signed(error_frame(rid, exc, re))

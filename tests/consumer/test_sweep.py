@@ -15,15 +15,19 @@ from proxy_router.rpc import SessionKey
 def manager(idle_timeout_s: int = 0) -> tuple[SessionManager, list[str]]:
     index = SimpleNamespace(subscribe=lambda _: None, head_timestamp=0)
     closed: list[str] = []
+    disputed: list[str] = []
     mgr = SessionManager(account=Account.create(), market=None, index=index,  # type: ignore[arg-type]
                          store=None, pool=None, idle_timeout_s=idle_timeout_s)  # type: ignore[arg-type]
 
-    async def close(session_id: str) -> dict[str, Any]:
+    async def close(session_id: str, *, dispute: bool = False) -> dict[str, Any]:
         closed.append(session_id)
+        if dispute:
+            disputed.append(session_id)
         mgr.sessions[session_id].status = "closed"
         return {}
 
     mgr.close = close  # type: ignore[method-assign]
+    mgr.disputed = disputed  # type: ignore[attr-defined]
     return mgr, closed
 
 
@@ -42,4 +46,5 @@ async def test_expired_idle_and_failed_failover_sessions_are_settled_the_rest_ke
     mgr.last_used["idle"] = time.time() - 120
     await mgr.sweep()
     assert sorted(closed) == ["dropped", "expired", "idle"]
+    assert mgr.disputed == ["dropped"], "failover drops settle as disputes"  # type: ignore[attr-defined]
     assert mgr.sessions["fresh"].status == "open"

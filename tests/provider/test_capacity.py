@@ -1,14 +1,15 @@
-"""CapacityManager: a provider with N slots for a model never runs more than N sessions
-(approved-but-unopened ones included) nor streams more than N prompts at once."""
+"""CapacityManager: only sessions opened on chain take a slot (approvals are free and
+reserve nothing), at most N prompts of a model stream at once, and one session runs at
+most ``prompts_per_session`` of them."""
 
 from __future__ import annotations
 
 import pytest
 
 from proxy_router.provider.capacity import (
-    APPROVAL_TTL_SECONDS,
     CapacityManager,
     NoCapacity,
+    SessionBusy,
     UnknownModel,
 )
 
@@ -17,55 +18,27 @@ OTHER = "0x" + "bb" * 32
 T0 = 1_700_000_000.0
 
 
-def manager(slots: int = 2) -> CapacityManager:
-    return CapacityManager({M: slots, OTHER: 1}, clock=lambda: T0)
+def manager(slots: int = 2, prompts_per_session: int = 1) -> CapacityManager:
+    return CapacityManager({M: slots, OTHER: 1}, clock=lambda: T0,
+                           prompts_per_session=prompts_per_session)
 
 
-def test_approves_up_to_n_and_refuses_the_next() -> None:
-    cap = manager(slots=3)
-    for i in range(3):
-        assert cap.can_approve(M, T0)
-        cap.reserve_approval(M, f"approval-{i}", T0)
+def test_approves_while_open_sessions_leave_a_slot() -> None:
+    cap = manager(slots=2)
+    cap.track_session("s1", M, ends_at=T0 + 600)
+    assert cap.can_approve(M, T0)
+    cap.check_approve(M, T0)
+    cap.track_session("s2", M, ends_at=T0 + 600)
     assert not cap.can_approve(M, T0)
-    with pytest.raises(NoCapacity, match="3 slots"):
-        cap.reserve_approval(M, "approval-3", T0)
-    assert cap.in_use(M, T0) == 3
+    with pytest.raises(NoCapacity, match="2 slots"):
+        cap.check_approve(M, T0)
 
 
-def test_reserving_the_same_approval_twice_takes_one_slot() -> None:
-    cap = manager(slots=2)
-    cap.reserve_approval(M, "same", T0)
-    cap.reserve_approval(M, "same", T0 + 1)
-    assert cap.in_use(M, T0 + 1) == 1
-
-
-def test_an_unopened_approval_frees_its_slot_after_the_ttl() -> None:
+def test_asking_for_approvals_reserves_nothing() -> None:
     cap = manager(slots=1)
-    cap.reserve_approval(M, "a", T0)
-    assert not cap.can_approve(M, T0 + APPROVAL_TTL_SECONDS - 1)
-    assert cap.can_approve(M, T0 + APPROVAL_TTL_SECONDS)
-    assert APPROVAL_TTL_SECONDS == 600
-
-
-def test_an_opened_session_takes_over_its_approvals_slot() -> None:
-    cap = manager(slots=2)
-    cap.reserve_approval(M, "a", T0)
-    cap.track_session("s1", M, ends_at=T0 + 3600, approval_key="a")
-    assert cap.in_use(M, T0) == 1
-    # ...and keeps it past the approval TTL, until the session ends
-    assert cap.in_use(M, T0 + APPROVAL_TTL_SECONDS + 1) == 1
-    assert cap.in_use(M, T0 + 3600) == 0
-
-
-def test_a_session_without_a_known_approval_consumes_the_oldest_pending_one() -> None:
-    cap = manager(slots=2)
-    cap.reserve_approval(M, "old", T0)
-    cap.reserve_approval(M, "new", T0 + 10)
-    cap.track_session("s1", M, ends_at=T0 + 3600)
-    assert cap.in_use(M, T0 + 10) == 2
-    # "old" was consumed: after its TTL only "new" and the session remain
-    assert cap.in_use(M, T0 + APPROVAL_TTL_SECONDS + 5) == 2
-    assert cap.in_use(M, T0 + APPROVAL_TTL_SECONDS + 10) == 1
+    for _ in range(10):
+        cap.check_approve(M, T0)
+    assert cap.in_use(M, T0) == 0
 
 
 def test_rehydrated_sessions_count_without_any_approval() -> None:
@@ -93,16 +66,9 @@ def test_closing_a_session_releases_its_slot_at_once() -> None:
     cap.release_session("unknown")
 
 
-def test_a_cancelled_approval_releases_its_slot() -> None:
-    cap = manager(slots=1)
-    cap.reserve_approval(M, "a", T0)
-    cap.cancel_approval("a")
-    assert cap.can_approve(M, T0)
-
-
 def test_models_have_independent_slots_and_ids_ignore_case() -> None:
     cap = manager(slots=1)
-    cap.reserve_approval(M.upper().replace("0X", "0x"), "a", T0)
+    cap.track_session("s1", M.upper().replace("0X", "0x"), ends_at=T0 + 60)
     assert not cap.can_approve(M, T0)
     assert cap.can_approve(OTHER, T0)
 
@@ -119,19 +85,18 @@ def test_unknown_models_are_reported_as_such() -> None:
 def test_the_injected_clock_is_used_when_no_time_is_given() -> None:
     now = [T0]
     cap = CapacityManager({M: 1}, clock=lambda: now[0])
-    cap.reserve_approval(M, "a")
+    cap.track_session("s1", M, ends_at=T0 + 60)
     assert not cap.can_approve(M)
-    now[0] += APPROVAL_TTL_SECONDS
+    now[0] += 60
     assert cap.can_approve(M)
 
 
 def test_expire_and_snapshot() -> None:
     cap = manager(slots=4)
-    cap.reserve_approval(M, "a", T0)
     cap.track_session("s1", M, ends_at=T0 + 30)
     cap.track_session("s2", M, ends_at=T0 + 9000)
     assert cap.snapshot(T0 + 1)[M] == {
-        "slots": 4, "sessions": 2, "pendingApprovals": 0, "promptsInFlight": 0,
+        "slots": 4, "sessions": 2, "promptsInFlight": 0, "promptsPerSession": 1,
     }  # fmt: skip
     cap.expire(T0 + 60)
     assert cap.snapshot(T0 + 60)[M]["sessions"] == 1
@@ -161,3 +126,25 @@ async def test_a_failing_prompt_gives_its_slot_back() -> None:
             raise RuntimeError("backend died")
     async with cap.prompt_slot(M):
         assert cap.prompts_in_flight(M) == 1
+
+
+async def test_one_session_runs_one_prompt_at_a_time_by_default() -> None:
+    cap = manager(slots=4)
+    async with cap.prompt_slot(M, "s1"):
+        with pytest.raises(SessionBusy, match="1 prompt"):
+            async with cap.prompt_slot(M, "s1"):
+                pytest.fail("a second prompt on the same session must not run")
+        async with cap.prompt_slot(M, "s2"):  # another session still gets a slot
+            assert cap.prompts_in_flight(M) == 2
+    assert cap.session_prompts == {}, "no per-session entry outlives its prompts"
+    async with cap.prompt_slot(M, "s1"):
+        pass
+
+
+async def test_prompts_per_session_is_configurable() -> None:
+    cap = manager(slots=4, prompts_per_session=2)
+    async with cap.prompt_slot(M, "s1"), cap.prompt_slot(M, "s1"):
+        with pytest.raises(SessionBusy):
+            async with cap.prompt_slot(M, "s1"):
+                pass
+    assert cap.session_prompts == {}

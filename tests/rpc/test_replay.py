@@ -101,3 +101,18 @@ def test_full_guard_fails_closed(clock: Clock) -> None:
     for i in range(3):
         guard.check(ALICE, int(clock.now), f"0x{i}")
     assert code_of(guard, ALICE, clock.now, "0x99") is ErrorCode.RATE_LIMITED
+
+
+def test_frames_signed_before_the_process_started_are_stale(clock: Clock) -> None:
+    """Nonces live in memory: after a restart, nothing signed before it is accepted."""
+    guard = ReplayGuard(60, clock=clock, not_before=clock.now)
+    assert code_of(guard, ALICE, int(clock.now) - 15, "0x01") is ErrorCode.STALE_MESSAGE
+    guard.check(ALICE, int(clock.now), "0x02")
+
+
+def test_a_server_keeps_the_replay_guard_it_is_given_even_when_empty(clock: Clock) -> None:
+    from proxy_router.rpc import RpcServer, Signer
+
+    guard = ReplayGuard(10, clock=clock, not_before=clock.now)
+    assert len(guard) == 0
+    assert RpcServer(Signer.from_key("0x" + "11" * 32), replay_guard=guard).replay_guard is guard

@@ -11,16 +11,17 @@ import pytest
 
 from proxy_router import __version__
 from proxy_router.rpc import ErrorCode, RpcClient, RpcError, RpcServer, Signer
-from proxy_router.rpc.protocol import request_frame
+from proxy_router.rpc.protocol import MAX_FRAME_BYTES, request_frame
 from proxy_router.rpc.signing import recover_frame_signer
 
 from .conftest import LiveServer, exchange
 from .serve import register_test_methods
 
 
-async def test_ping_reports_version_and_echoes_the_nonce(client: RpcClient) -> None:
+async def test_ping_reports_version_frame_limit_and_echoes_the_nonce(client: RpcClient) -> None:
     result = await client.call("network.ping", {"nonce": "0xfeed"})
-    assert result == {"version": __version__, "protocol": "mor-rpc/1", "nonce": "0xfeed"}
+    assert result == {"version": __version__, "protocol": "mor-rpc/1", "nonce": "0xfeed",
+                      "maxFrameBytes": MAX_FRAME_BYTES}
 
 
 async def test_ping_helper_learns_the_providers_public_key(client: RpcClient,
