@@ -14,15 +14,18 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from proxy_router.chain.encoding import Receipt, sign_blob
 from proxy_router.chain.marketplace import Marketplace
 from proxy_router.devnet import Devnet, DevnetState
-from proxy_router.rpc import ErrorCode, RpcClient, RpcError, SessionKey, Signer
+from proxy_router.rpc import E2ECipher, ErrorCode, RpcClient, RpcError, SessionKey, Signer
 from proxy_router.rpc.protocol import (
     MAX_FRAME_BYTES,
     MAX_PAYLOAD_BYTES,
@@ -108,19 +111,43 @@ async def raw_socket(state: DevnetState) -> tuple[aiohttp.ClientSession,
     return http, ws
 
 
-async def open_protocol_session(state: DevnetState, key: str) -> tuple[str, RpcClient,
-                                                                       SessionKey, Marketplace]:
-    """A session opened the way a consumer does it, by hand: approval, then openSession."""
+@dataclass
+class ProtocolSession:
+    session_id: str
+    client: RpcClient
+    key: SessionKey
+    cipher: E2ECipher
+
+    @property
+    def params(self) -> dict[str, str]:
+        return {"sessionId": self.session_id, "key": self.key.public_key_hex}
+
+
+@asynccontextmanager
+async def protocol_session(state: DevnetState, market: Marketplace,
+                           key: str) -> AsyncIterator[ProtocolSession]:
+    """A session opened the way a consumer does it, by hand (approval, then openSession),
+    closed with the user's own receipt on exit and checked to the wei."""
     client = rpc_client(state, key)
-    session_key = SessionKey.generate()
-    reply = await client.call("session.request", {"bidId": state.bid_id,
-                                                  "key": session_key.public_key_hex})
     payer = await market_for(state, key)
-    price = int(reply["pricePerSecond"])
-    await payer.ensure_allowance(price * DURATION)
-    session_id, _ = await payer.open_session(price * DURATION, bytes.fromhex(
-        reply["approval"][2:]), bytes.fromhex(reply["approvalSig"][2:]))
-    return session_id, client, session_key, payer
+    try:
+        session_key = SessionKey.generate()
+        reply = await client.call("session.request", {"bidId": state.bid_id,
+                                                      "key": session_key.public_key_hex})
+        price = int(reply["pricePerSecond"])
+        await payer.ensure_allowance(price * DURATION)
+        session_id, _ = await payer.open_session(price * DURATION, bytes.fromhex(
+            reply["approval"][2:]), bytes.fromhex(reply["approvalSig"][2:]))
+        yield ProtocolSession(session_id, client, session_key,
+                              await client.cipher_for(session_key))
+        await alive(state)
+        receipt = Receipt(bytes.fromhex(session_id[2:]), payer.client.chain_id,
+                          int(time.time())).encode()
+        await payer.close_session(receipt, sign_blob(payer.client.account, receipt))
+        await settled(market, session_id)
+    finally:
+        await client.close()
+        await payer.client.close()
 
 
 # -- parsing that cannot be bombed ---------------------------------------------------------
@@ -145,30 +172,14 @@ async def test_an_unauthenticated_nesting_bomb_is_a_bad_request_not_a_dead_provi
 
 async def test_a_nesting_bomb_inside_a_sealed_prompt_fails_that_prompt_only(
         state: DevnetState, market: Marketplace) -> None:
-    session_id, client, session_key, payer = await open_protocol_session(state, dev_key(PAYER))
-    try:
-        cipher = await client.cipher_for(session_key)
-        params = {"sessionId": session_id, "key": session_key.public_key_hex}
+    async with protocol_session(state, market, dev_key(PAYER)) as session:
         with pytest.raises(RpcError) as raised:
-            async with client.stream("session.prompt", params, cipher=cipher,
-                                     payload=BOMB.encode()) as stream:
+            async with session.client.stream("session.prompt", session.params,
+                                             cipher=session.cipher,
+                                             payload=BOMB.encode()) as stream:
                 async for _ in stream:
                     pass
         assert raised.value.code == ErrorCode.BAD_REQUEST
-        await alive(state)
-        await payer.close_session(*_own_receipt(payer, session_id))
-        await settled(market, session_id)
-    finally:
-        await client.close()
-        await payer.client.close()
-
-
-def _own_receipt(payer: Marketplace, session_id: str) -> tuple[bytes, bytes]:
-    from proxy_router.chain.encoding import Receipt, sign_blob
-
-    receipt = Receipt(bytes.fromhex(session_id[2:]), payer.client.chain_id,
-                      int(time.time())).encode()
-    return receipt, sign_blob(payer.client.account, receipt)
 
 
 # -- approvals cost the asker something real -----------------------------------------------
@@ -221,17 +232,15 @@ async def test_one_requester_holds_at_most_the_capped_number_of_unused_approvals
 
 async def test_one_cheap_session_cannot_hold_every_prompt_slot_and_a_stalled_reader_is_cut(
         state: DevnetState, market: Marketplace) -> None:
-    session_id, client, session_key, payer = await open_protocol_session(state, dev_key(PAYER))
-    try:
-        cipher = await client.cipher_for(session_key)
-        params = {"sessionId": session_id, "key": session_key.public_key_hex}
-        body = json.dumps({"messages": [{"role": "user", "content": "hi"}],
-                           "stream": True}).encode()
-        stalled = client.stream("session.prompt", params, cipher=cipher, payload=body)
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}],
+                       "stream": True}).encode()
+    async with protocol_session(state, market, dev_key(PAYER)) as session:
+        stalled = session.client.stream("session.prompt", session.params,
+                                        cipher=session.cipher, payload=body)
         await stalled.__anext__()  # then never read again: no credit goes back
         with pytest.raises(RpcError) as raised:  # a second prompt on the same session
-            async with client.stream("session.prompt", params, cipher=cipher,
-                                     payload=body) as second:
+            async with session.client.stream("session.prompt", session.params,
+                                             cipher=session.cipher, payload=body) as second:
                 await second.__anext__()
         assert raised.value.code == ErrorCode.SESSION_BUSY
 
@@ -240,12 +249,6 @@ async def test_one_cheap_session_cannot_hold_every_prompt_slot_and_a_stalled_rea
             return cap["promptsInFlight"] == 0
         await eventually(freed, 30, "the stalled stream was not ended")
         await stalled.aclose()
-        await alive(state)
-        await payer.close_session(*_own_receipt(payer, session_id))
-        await settled(market, session_id)
-    finally:
-        await client.close()
-        await payer.client.close()
 
 
 # -- per-request limits --------------------------------------------------------------------
