@@ -37,6 +37,7 @@ from .protocol import (
     chunk_aad_prefix,
     decode_frame,
     encode_frame,
+    is_request_id,
     notification_frame,
     payload_aad,
     request_frame,
@@ -63,7 +64,9 @@ def _chunk_frame(text: str) -> dict[str, Any] | None:
     if i < 0 or j < 0:
         return None
     rid, seq, chunk = text[6:i], text[i + 7 : j], text[j + 10 : -2]
-    if not (rid.isascii() and rid.isdigit() and seq.isascii() and seq.isdigit()) or '"' in chunk:
+    if not (0 < len(rid) <= 16 and 0 < len(seq) <= 16) or '"' in chunk:  # ids < 2**53
+        return None
+    if not (rid.isascii() and rid.isdigit() and seq.isascii() and seq.isdigit()):
         return None
     return {"id": int(rid), "seq": int(seq), "chunk": chunk}
 
@@ -364,7 +367,8 @@ class RpcClient:
                 except RpcError:
                     log.warning("mor_rpc.bad_frame", endpoint=self.endpoint)
                     continue
-                inbox = pending.get(frame.get("id"))  # type: ignore[arg-type]
+                rid = frame.get("id")
+                inbox = pending.get(rid) if is_request_id(rid) else None
                 if inbox is not None:
                     inbox.push(frame)
                 elif "error" in frame:

@@ -18,7 +18,7 @@ it answers, so a recorded response cannot be replayed against a later request.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeGuard
 
 from proxy_router import bounded_json
 
@@ -108,7 +108,7 @@ def chunk_aad_prefix(request_id: RequestId, nonce: str) -> bytes:
     return b"mor-rpc/1 chunk\x00" + canonical_json([request_id, nonce]) + b"\x00"
 
 
-def is_request_id(value: Any) -> bool:
+def is_request_id(value: Any) -> TypeGuard[RequestId]:
     if isinstance(value, bool):
         return False
     if isinstance(value, int):

@@ -387,7 +387,8 @@ class RpcServer:
 
     def _on_notification(self, conn: _Connection, ctx: RequestContext) -> None:
         """``rpc.credit {id, n}`` and ``rpc.cancel {id}``, honoured only from the requester."""
-        target = conn.inflight.get(ctx.params.get("id"))  # type: ignore[arg-type]
+        rid = ctx.params.get("id")
+        target = conn.inflight.get(rid) if is_request_id(rid) else None
         if target is None or target.sender != ctx.sender:
             return
         if ctx.method == CREDIT:
