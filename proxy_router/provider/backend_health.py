@@ -3,7 +3,8 @@
 ``session.request`` asks before it signs an approval: a provider whose model server
 is down must refuse at once (``BACKEND_UNAVAILABLE``) rather than let the consumer
 spend gas opening and closing a session on it. A probe is ``GET {base}/models``;
-its answer is kept for ``max_age_s`` (1 s when down) so a flood costs few probes, and a
+a good answer is kept for ``max_age_s`` so a flood costs few probes (a bad one is
+rechecked at once, since the backend may be back), and a
 prompt that could not reach the backend marks it down without waiting for the next.
 Reasons stay generic (type of failure, HTTP status): ``/healthcheck`` is public,
 and backend URLs and paths are the operator's business.
@@ -33,14 +34,15 @@ class BackendStatus:
 
 class BackendMonitor:
     def __init__(self, backends: Mapping[str, OpenAIBackend], http: aiohttp.ClientSession, *,
-                 max_age_s: float = 5.0, down_max_age_s: float = 1.0,
+                 max_age_s: float = 5.0, down_max_age_s: float = 0.0,
                  timeout_s: float = 2.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.backends = backends
         self.max_age_s = max_age_s
         self.down_max_age_s = down_max_age_s
-        """A backend seen down is probed again sooner: it may be back (a probe of a dead
-        port is a refused connection, cheap; concurrent askers share it)."""
+        """A backend seen down is probed again at once by default: it may be back, and a
+        probe of a dead port is a refused connection, cheap (concurrent askers share it,
+        and ``session.request`` is rate-limited per address)."""
         self.timeout_s = timeout_s
         self._http = http
         self._clock = clock
@@ -51,7 +53,7 @@ class BackendMonitor:
         """The cached status when fresh, else one probe shared by every caller waiting."""
         status = self._status.get(model_id)
         max_age = self.max_age_s if status is None or status.ok else self.down_max_age_s
-        if status is None or self._clock() - status.checked_at > max_age:
+        if status is None or self._clock() - status.checked_at >= max_age:
             status = await self.probe(model_id)
         return status.ok
 

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of every untrusted input, bounded for CI (about 30 s in all).
+"""Property-based fuzzing of every untrusted input, bounded for CI (about 20 s on 2 cores).
 
 1. MOR-RPC frames sent by an unauthenticated (or hostile but signed) peer to a live
    provider: arbitrary frames, arbitrary JSON, nesting bombs, mutated signed frames.
@@ -47,7 +47,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from proxy_router.consumer.access import AccessPolicy, token_path
@@ -315,7 +315,7 @@ class ProviderLink:
             assert isinstance(error.get("message"), str), reply
         elif "result" in reply:
             re = reply.get("re")
-            if is_random_nonce(re):  # one of ours (new_nonce), never reused
+            if isinstance(re, str) and is_random_nonce(re):  # one of ours, never reused
                 self.results_per_nonce[re] += 1
                 assert self.results_per_nonce[re] == 1, f"nonce {re} executed twice"
 
@@ -391,7 +391,7 @@ bombs = st.builds(bomb, st.sampled_from(["list", "dict", "mixed"]),
 # (a) and (b): junk that is not a frame at all
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=SUPPRESS)
+@settings(max_examples=300, deadline=None, suppress_health_check=SUPPRESS)
 @given(junk=st.one_of(st.text(alphabet=st.characters(codec="utf-8"), max_size=2000),
                       near_json, st.binary(max_size=2000)))
 def test_arbitrary_text_or_binary_frames_never_cost_the_socket(link: ProviderLink,
@@ -401,7 +401,7 @@ def test_arbitrary_text_or_binary_frames_never_cost_the_socket(link: ProviderLin
         assert errors_of(probe) == [ErrorCode.BAD_REQUEST], probe.replies
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=SUPPRESS)
+@settings(max_examples=300, deadline=None, suppress_health_check=SUPPRESS)
 @given(value=json_values)
 def test_arbitrary_json_values_never_cost_the_socket(link: ProviderLink, value: Any):
     probe = link.probe(json.dumps(value))
@@ -416,7 +416,7 @@ def test_arbitrary_json_values_never_cost_the_socket(link: ProviderLink, value: 
 # (c) nesting bombs
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=SUPPRESS)
+@settings(max_examples=80, deadline=None, suppress_health_check=SUPPRESS)
 @example(text="[" * 70_000 + "]" * 70_000)  # the frame that killed the provider
 @example(text='{"a":' * 100_000 + "1" + "}" * 100_000)
 @given(text=bombs)
@@ -428,7 +428,8 @@ def test_a_nesting_bomb_is_a_bad_request_and_the_provider_lives(link: ProviderLi
         assert codes == [ErrorCode.BAD_REQUEST], "not a JSON object: answered BAD_REQUEST"
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=SUPPRESS)
+@settings(max_examples=80, deadline=None, suppress_health_check=SUPPRESS)
+@example(inner="[" * 70_000 + "]" * 70_000, where="params")
 @given(inner=bombs, where=st.sampled_from(["id", "method", "params", "from", "timestamp",
                                            "nonce", "signature", "extra"]))
 def test_a_bomb_inside_a_plausible_request_is_a_bad_request(link: ProviderLink, inner: str,
@@ -440,8 +441,10 @@ def test_a_bomb_inside_a_plausible_request_is_a_bad_request(link: ProviderLink, 
     text = "{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}"
     probe = link.probe(text)
     assert len(probe.replies) == 1, "a frame with an id is answered once"
-    assert errors_of(probe) in ([ErrorCode.BAD_REQUEST], [ErrorCode.BAD_SIGNATURE]), (
-        probe.replies)
+    refusals = [[ErrorCode.BAD_REQUEST], [ErrorCode.BAD_SIGNATURE]]
+    if where == "timestamp":  # a depth-0 "bomb" is a plain number: an ancient timestamp
+        refusals.append([ErrorCode.STALE_MESSAGE])
+    assert errors_of(probe) in refusals, probe.replies
 
 
 # (d) signed frames, mutated
@@ -569,7 +572,7 @@ def signed_frames(draw: st.DrawFn) -> tuple[dict[str, Any], Signer, bool, bool]:
     return frame, signer, signature_ok, draw(st.booleans())
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=SUPPRESS)
+@settings(max_examples=500, deadline=None, suppress_health_check=SUPPRESS)
 @given(case=signed_frames())
 def test_mutated_signed_frames_are_refused_cleanly_and_never_executed(
         link: ProviderLink, case: tuple[dict[str, Any], Signer, bool, bool]):
@@ -577,6 +580,7 @@ def test_mutated_signed_frames_are_refused_cleanly_and_never_executed(
     text = json.dumps(frame)
     probe = link.probe(*([text, text] if twice else [text]))
     accepted = passes_authentication(frame, signer, signature_ok)
+    event("passes authentication" if accepted else "refused")
     nonce = frame.get("nonce")
     mine = [r for r in probe.replies if r.get("re") == (nonce if isinstance(nonce, str)
                                                          else None)]
@@ -585,6 +589,7 @@ def test_mutated_signed_frames_are_refused_cleanly_and_never_executed(
         return
     assert len(mine) == (2 if twice else 1), probe.replies
     codes = [r["error"]["code"] for r in mine if "error" in r]
+    event(f"answered {sorted(set(codes)) or 'result'}")
     if not accepted:
         assert all("result" not in r for r in mine), f"a refused frame was executed: {mine}"
         assert set(codes) <= {ErrorCode.BAD_REQUEST, ErrorCode.BAD_SIGNATURE,
@@ -596,7 +601,7 @@ def test_mutated_signed_frames_are_refused_cleanly_and_never_executed(
         assert codes.count(ErrorCode.REPLAYED_MESSAGE) == 1, f"replay not refused: {mine}"
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=SUPPRESS)
+@settings(max_examples=150, deadline=None, suppress_health_check=SUPPRESS)
 @given(method=st.sampled_from([CREDIT, CANCEL]), params=st.one_of(notification_params(),
                                                                    json_objects))
 def test_signed_credit_and_cancel_with_junk_params_are_ignored(link: ProviderLink, method: str,
@@ -696,6 +701,7 @@ def assert_openai_error(sent: str, status: int, content_type: str, body: bytes) 
     assert isinstance(error["code"], str) and isinstance(error["message"], str), (error, sent)
     assert isinstance(error["type"], str), (error, sent)
     assert error["param"] is None or isinstance(error["param"], str), (error, sent)
+    event(f"{status} {error['code']}")
     if status >= 500:
         assert (status, error["code"]) in ALLOWED_5XX, f"server error {status}: {error}\n{sent}"
 
@@ -759,7 +765,7 @@ session_headers = st.one_of(st.none(), header_text,
                             st.text(alphabet="0123456789abcdef", min_size=64, max_size=64))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=SUPPRESS)
+@settings(max_examples=250, deadline=None, suppress_health_check=SUPPRESS)
 @example(body=("[" * 500_000 + "]" * 500_000).encode(), content_type="application/json",
          session=None)
 @given(body=http_bodies, content_type=content_types, session=session_headers)
@@ -781,7 +787,7 @@ session_bodies = st.one_of(
 )
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=SUPPRESS)
+@settings(max_examples=120, deadline=None, suppress_health_check=SUPPRESS)
 @given(model=st.one_of(st.just(MODEL), st.just(MODEL_ID), st.text(min_size=1, max_size=40)),
        body=session_bodies, content_type=content_types)
 def test_opening_a_session_answers_any_body_with_an_openai_error_never_a_5xx(
@@ -808,7 +814,7 @@ hostile_text = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=SUPPRESS)
+@settings(max_examples=500, deadline=None, suppress_health_check=SUPPRESS)
 @example(text='{"id":' + "1" * 5000 + ',"seq":0,"chunk":""}')
 @given(text=hostile_text)
 def test_the_consumer_reads_any_provider_frame_as_a_dict_or_an_rpc_error(text: str):
