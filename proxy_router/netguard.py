@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 if TYPE_CHECKING:
@@ -182,6 +184,19 @@ def guard_of(runner: web.BaseRunner) -> ConnectionGuard | None:
     return None if server is None else _GUARDS.get(server)
 
 
+class _PeerMalformedRequest(logging.Filter):
+    """Drop aiohttp's "Error handling request" traceback for a request its parser refused
+    (a NUL in the request line, a bad header): the peer already got a 400, and one line
+    of traceback per malformed request would let anyone flood the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, HttpProcessingError)
+
+
+_MALFORMED_FILTER = _PeerMalformedRequest()
+
+
 async def serve_app(app: web.Application, host: str, port: int,
                     limits: ConnectionLimits | None = None, *, shutdown_timeout: float = 5.0,
                     handle_signals: bool = False) -> tuple[web.AppRunner, int]:
@@ -190,6 +205,9 @@ async def serve_app(app: web.Application, host: str, port: int,
     ``port`` 0 binds any free port. The caller owns the runner (``await runner.cleanup()``).
     """
     limits = limits or ConnectionLimits()
+    server_log = logging.getLogger("aiohttp.server")
+    if _MALFORMED_FILTER not in server_log.filters:
+        server_log.addFilter(_MALFORMED_FILTER)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=limits.keepalive_timeout_s,
                            shutdown_timeout=shutdown_timeout, handle_signals=handle_signals)
     await runner.setup()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -326,3 +327,16 @@ def test_an_ipv4_mapped_ipv6_peer_counts_as_its_ipv4_address() -> None:
     assert remote_key(Transport(("::ffff:10.0.0.7", 1, 0, 0))) == "10.0.0.7"
     assert remote_key(Transport(("2001:db8::1", 1, 0, 0))) == "2001:db8::1"
     assert remote_key(Transport("")) == ""
+
+
+async def test_a_raw_nul_in_the_request_line_is_a_400_and_logs_no_traceback(
+        serve: Serve, connect: Connect, caplog: pytest.LogCaptureFixture) -> None:
+    """aiohttp's parser refuses it before any handler runs; without our filter it logged a
+    traceback for every such request, a free way to flood the log."""
+    port, _ = await serve(limits())
+    with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+        status, _ = await response(await connect(port),
+                                   b"GET /a\x00b HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await asyncio.sleep(0.1)
+    assert status == 400
+    assert not [r for r in caplog.records if r.name == "aiohttp.server" and r.exc_info]
