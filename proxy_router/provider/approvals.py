@@ -47,6 +47,8 @@ class ApprovalLedger:
         """Every approval signed in the last TTL, used or not (for unique timestamps)."""
         self._unused: dict[str, list[str]] = {}
         """Per user, the session ids of approvals not yet seen opened."""
+        self._stamps: dict[tuple[str, str], set[int]] = {}
+        """Per (user, bid), the timestamps of approvals issued in the last TTL."""
         self._expiry: list[tuple[int, str]] = []  # (timestamp + ttl, session id)
 
     def __len__(self) -> int:
@@ -83,9 +85,7 @@ class ApprovalLedger:
 
     def timestamp_for(self, user: str, bid_id: str, now: int) -> int:
         """``now``, or the latest earlier second not yet used for (user, bid)."""
-        user = user.lower()
-        used = {e.timestamp for e in self._issued.values()
-                if e.user == user and e.bid_id == bid_id} if self._issued else set()
+        used = self._stamps.get((user.lower(), bid_id), set())
         stamp = now
         while stamp in used:
             stamp -= 1
@@ -95,6 +95,7 @@ class ApprovalLedger:
         """Record a signed approval under the session id it will open (see the contract)."""
         entry = _Entry(user.lower(), bid_id, timestamp, session_id.lower())
         self._issued[entry.session_id] = entry
+        self._stamps.setdefault((entry.user, bid_id), set()).add(timestamp)
         self._unused.setdefault(entry.user, []).append(entry.session_id)
         heapq.heappush(self._expiry, (timestamp + self.ttl_s, entry.session_id))
 
@@ -117,4 +118,11 @@ class ApprovalLedger:
         while heap and heap[0][0] <= now:
             _, session_id = heapq.heappop(heap)
             self.consume(session_id)
-            self._issued.pop(session_id, None)
+            entry = self._issued.pop(session_id, None)
+            if entry is not None:
+                key = (entry.user, entry.bid_id)
+                stamps = self._stamps.get(key)
+                if stamps is not None:
+                    stamps.discard(entry.timestamp)
+                    if not stamps:
+                        del self._stamps[key]

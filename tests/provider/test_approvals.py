@@ -45,6 +45,7 @@ def test_entries_expire_with_the_approval_ttl_so_memory_is_bounded() -> None:
     assert len(book) == 100 and book.issued == 100
     now[0] = T0 + APPROVAL_TTL_SECONDS
     assert len(book) == 0 and book.issued == 0 and book.users == 0
+    assert book._stamps == {}, "no per-(user, bid) entry outlives its approvals"
 
 
 def test_the_ledger_as_a_whole_is_capped() -> None:
