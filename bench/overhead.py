@@ -40,7 +40,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,8 +48,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from harness import MockBackend, cpu_of, say
 
-from proxy_router.devnet import Devnet, DevnetState, stop_pid
+from proxy_router.devnet import Devnet, DevnetState
 from proxy_router.testing.ports import free_port
 
 TTFT_TARGET_MS = 2.0
@@ -62,28 +62,6 @@ _CONTENT = b'"content"'
 _DONE = b"data: [DONE]"
 
 
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def cpu_of(pid: int) -> float:
-    """CPU seconds of one process, all its threads, in nanoseconds' precision.
-
-    /proc/<pid>/task/*/schedstat (run time of each thread) rather than
-    /proc/<pid>/stat utime+stime: the latter counts 10 ms ticks, too coarse for
-    rounds of a few milliseconds. (A thread that exits takes its time with it; the
-    routers' threads are long-lived: the SQLite worker and the executor.)
-    """
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total / 1e9
-
-
 def own_cpu() -> float:
     return time.process_time()
 
@@ -91,50 +69,6 @@ def own_cpu() -> float:
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-# -- the MOCK backend process ---------------------------------------------------------------
-
-
-class MockBackend:
-    """``proxy_router.testing.mock_openai`` in its own process (its CPU is not the client's)."""
-
-    def __init__(self, port: int, tokens: int, token_delay: float, log: Path) -> None:
-        self.port = port
-        self.tokens = tokens
-        self.token_delay = token_delay
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> MockBackend:
-        cmd = [sys.executable, "-m", "proxy_router.testing.mock_openai", "--host", "127.0.0.1",
-               "--port", str(self.port), "--tokens", str(self.tokens),
-               "--token-delay", str(self.token_delay)]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mock backend exited; see {self.log}")
-            if "listening" in self.log.read_text(errors="replace"):
-                return self
-            time.sleep(0.05)
-        raise TimeoutError(f"mock backend not ready; see {self.log}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            proc, self.proc = self.proc, None
-            stop_pid(proc.pid, timeout=5)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
 
 # -- the client -------------------------------------------------------------------------------
@@ -372,7 +306,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for name, tokens, delay in phases:
             port = free_port()
-            mock = MockBackend(port, tokens, delay, root / f"mock-{name}.log")
+            mock = MockBackend(port, root / f"mock-{name}.log", tokens=tokens, token_delay=delay)
             devnet = Devnet(root / f"devnet-{name}", progress=lambda m: say(f"  devnet {m}"))
             try:
                 say(f"MOCK OpenAI backend on 127.0.0.1:{port}: {tokens} tokens, "

@@ -33,19 +33,18 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from harness import MockBackend, cpu_of, say
 
-from proxy_router.devnet import Devnet, DevnetState, stop_pid
+from proxy_router.devnet import Devnet, DevnetState
 from proxy_router.rpc import SessionKey, Signer
 from proxy_router.rpc.protocol import HARD_FRAME_BYTES, PING, WS_PATH, encode_frame, request_frame
 from proxy_router.testing.ports import free_port
@@ -54,10 +53,6 @@ APPROVED = "APPROVED"
 """Reply code counted for a ``session.request`` that got an approval (a result frame)."""
 EXPECTED = "INSUFFICIENT_FUNDS"
 METHOD = "session.request"
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -71,56 +66,8 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return values["VmRSS"], values["VmHWM"]
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds of one process, all its threads (/proc/<pid>/task/*/schedstat, ns)."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError), \
-                open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-            total += int(f.read().split()[0])
-    return total / 1e9
-
-
 class HarnessError(Exception):
     """The bench could not measure (a connection dropped, replies went missing)."""
-
-
-# -- the MOCK backend process ---------------------------------------------------------------
-
-
-class MockBackend:
-    """``proxy_router.testing.mock_openai`` in its own process group."""
-
-    def __init__(self, port: int, log: Path) -> None:
-        self.port = port
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> MockBackend:
-        cmd = [sys.executable, "-m", "proxy_router.testing.mock_openai", "--host", "127.0.0.1",
-               "--port", str(self.port), "--tokens", "4"]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise HarnessError(f"mock backend exited; see {self.log}")
-            try:
-                urllib.request.urlopen(self.base_url + "/models", timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise HarnessError(f"mock backend not ready; see {self.log}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            proc, self.proc = self.proc, None
-            stop_pid(proc.pid, timeout=5)
 
 
 # -- the flood ------------------------------------------------------------------------------
@@ -292,12 +239,12 @@ class Flood:
         """``n`` requests spread over the connections, all replies read, then the RSS."""
         share, extra = divmod(n, len(self.conns))
         started = time.perf_counter()
-        cpu = cpu_s(self.report.provider_pid)
+        cpu = cpu_of(self.report.provider_pid)
         await asyncio.gather(*(c.send(share + (i < extra), self.state.bid_id)
                                for i, c in enumerate(self.conns)))
         await asyncio.gather(*(c.drain(self.args.reply_timeout) for c in self.conns))
         seconds = time.perf_counter() - started
-        cpu = cpu_s(self.report.provider_pid) - cpu
+        cpu = cpu_of(self.report.provider_pid) - cpu
         self.sent += n
         rss, hwm = rss_mb(self.report.provider_pid)
         sample = Sample(label, n, self.sent, seconds, rss, hwm, cpu)

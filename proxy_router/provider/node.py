@@ -396,12 +396,11 @@ class ProviderNode:
         """A chain read; a failure is ``CHAIN_UNAVAILABLE`` with no detail for the peer
         (RPC URLs carry API keys), the detail in our log."""
         try:
-            result = await awaitable
+            return await awaitable
         except ChainError as exc:
             log.warning("chain_read_failed", error=str(exc))
             raise RpcError(ErrorCode.CHAIN_UNAVAILABLE,
                            "the provider cannot reach its chain right now; retry later") from None
-        return dict(result) if hasattr(result, "keys") else result
 
     async def _generate(self, model_id: str, backend: OpenAIBackend, body: dict[str, Any],
                         meter: UsageMeter, *, sse: bool) -> AsyncIterator[bytes | dict[str, Any]]:

@@ -208,7 +208,6 @@ class RpcServer:
         self.max_frame_bytes = max_frame_bytes
         self.cipher_cache = cipher_cache if cipher_cache is not None else CipherCache()
         self.connections_accepted = 0
-        self.stalled_connections = 0
         self._connections: set[_Connection] = set()
         self._unary: dict[str, UnaryHandler] = {}
         self._streams: dict[str, StreamHandler] = {}
@@ -312,7 +311,6 @@ class RpcServer:
             if conn.stalled_s > self.credit_timeout:
                 log.info("mor_rpc.reader_stalled", remote=conn.remote,
                          requests=len(conn.inflight))
-                self.stalled_connections += 1
                 transport.abort()
                 return
         else:
