@@ -23,7 +23,7 @@ from proxy_router.chain.client import ChainClient, TxResult
 from proxy_router.chain.deploy import deploy_all
 from proxy_router.chain.encoding import Approval, Receipt, sign_blob
 from proxy_router.chain.marketplace import Marketplace, to_bytes32
-from proxy_router.testing.anvil import Anvil, dev_address, dev_key
+from proxy_router.dev.anvil import Anvil, dev_address, dev_key
 
 DEPLOYER, PROVIDER, USER, FEE_RECIPIENT = 0, 1, 2, 9
 MOR = 10**18

@@ -7,12 +7,11 @@ and they import this as ``harness``.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from proxy_router.devnet import stop_pid
+from proxy_router.dev.mock_openai import spawn_mock_openai
+from proxy_router.process import ManagedProcess
 
 
 def say(message: str) -> None:
@@ -38,7 +37,7 @@ def cpu_of(pid: int) -> float:
 
 
 class MockBackend:
-    """``proxy_router.testing.mock_openai`` in its own process (its CPU is not the client's)."""
+    """``proxy_router.dev.mock_openai`` in its own process (its CPU is not the client's)."""
 
     def __init__(self, port: int, log: Path, *, tokens: int = 4,
                  token_delay: float = 0.0) -> None:
@@ -46,7 +45,7 @@ class MockBackend:
         self.tokens = tokens
         self.token_delay = token_delay
         self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: ManagedProcess | None = None
 
     @property
     def base_url(self) -> str:
@@ -58,22 +57,12 @@ class MockBackend:
         return self.proc.pid
 
     def start(self) -> MockBackend:
-        cmd = [sys.executable, "-m", "proxy_router.testing.mock_openai", "--host", "127.0.0.1",
-               "--port", str(self.port), "--tokens", str(self.tokens),
-               "--token-delay", str(self.token_delay)]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mock backend exited; see {self.log}")
-            if "listening" in self.log.read_text(errors="replace"):
-                return self
-            time.sleep(0.05)
-        raise TimeoutError(f"mock backend not ready; see {self.log}")
+        self.proc = spawn_mock_openai(
+            self.port, ["--tokens", str(self.tokens), "--token-delay", str(self.token_delay)],
+            log_path=self.log)
+        return self
 
     def stop(self) -> None:
         if self.proc is not None:
             proc, self.proc = self.proc, None
-            stop_pid(proc.pid, timeout=5)
+            proc.stop(timeout=5)

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/overhead.py [--json] [--quick]
 
-Starts the MOCK OpenAI streaming server (``proxy_router.testing.mock_openai``, canned
+Starts the MOCK OpenAI streaming server (``proxy_router.dev.mock_openai``, canned
 tokens, no model) as its own process and a devnet (anvil, contracts, provider and
 consumer proxy-routers) in front of it, then streams chat completions from one
 aiohttp client in this process, alternating direct (mock ``/v1/chat/completions``)
@@ -50,8 +50,8 @@ from typing import Any
 import aiohttp
 from harness import MockBackend, cpu_of, say
 
-from proxy_router.devnet import Devnet, DevnetState
-from proxy_router.testing.ports import free_port
+from proxy_router.dev.devnet import Devnet, DevnetState
+from proxy_router.ports import free_port
 
 TTFT_TARGET_MS = 2.0
 RATIO_TARGET = 0.9

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
-from proxy_router.rpc import Role, SessionKey, Signer, canonical_json, derive_cipher
-from proxy_router.rpc.protocol import chunk_aad_prefix, request_frame
-from proxy_router.rpc.signing import frame_digest, keccak256, recover_frame_signer
+from proxy_router.morrpc import Role, SessionKey, Signer, canonical_json, derive_cipher
+from proxy_router.morrpc.protocol import chunk_aad_prefix, request_frame
+from proxy_router.morrpc.signing import frame_digest, keccak256, recover_frame_signer
 
 
 def per_op_us(fn: Callable[[], object], iterations: int) -> float:

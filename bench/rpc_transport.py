@@ -21,8 +21,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from proxy_router.rpc import RequestContext, RpcClient, RpcServer, SessionKey, Signer
-from proxy_router.testing.ports import free_port
+from proxy_router.morrpc import RequestContext, RpcClient, RpcServer, SessionKey, Signer
+from proxy_router.ports import free_port, port_open
+from proxy_router.process import spawn
 
 PROVIDER_KEY = "0x" + "11" * 32
 CONSUMER_KEY = "0x" + "22" * 32
@@ -64,11 +65,10 @@ def pct(values: list[float], q: float) -> float:
 
 async def run(args: argparse.Namespace) -> None:
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--serve", str(port), *(["--uvloop"] if args.uvloop else []),
-        stdout=asyncio.subprocess.PIPE)
-    assert proc.stdout is not None
-    await asyncio.wait_for(proc.stdout.readline(), 20)
+    proc = await asyncio.to_thread(
+        spawn, [sys.executable, __file__, "--serve", str(port),
+                *(["--uvloop"] if args.uvloop else [])],
+        name="MOR-RPC bench server", ready=lambda: port_open(port), timeout=20, interval=0.05)
     provider = Signer.from_key(PROVIDER_KEY)
     key = SessionKey.generate()
     try:
@@ -101,7 +101,6 @@ async def run(args: argparse.Namespace) -> None:
             client_cpu = own_cpu() - client_cpu
     finally:
         proc.kill()
-        await proc.wait()
 
     ms = 1e3
     print(f"latency at concurrency 1 ({args.latency_samples} samples), loopback:")

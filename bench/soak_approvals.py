@@ -5,7 +5,7 @@
 The hostile-network finding: provider memory grew ~1 KB per distinct ``session.request``
 sender and never came back, and approvals were handed to keys holding no MOR. This bench
 starts a devnet (anvil, contracts, provider and consumer routers) in front of the MOCK
-OpenAI backend (``proxy_router.testing.mock_openai``, no model) with a short replay window
+OpenAI backend (``proxy_router.dev.mock_openai``, no model) with a short replay window
 (``MOR_RPC_REPLAY_WINDOW_S``, default 10 s), opens a few raw WebSockets to the provider's
 MOR-RPC endpoint and sends ``session.request {bidId, key}`` frames, each signed by a fresh
 random wallet (no MOR, no ETH) with a fresh session key, keeping a bounded number in flight
@@ -44,10 +44,16 @@ from typing import Any
 import aiohttp
 from harness import MockBackend, cpu_of, say
 
-from proxy_router.devnet import Devnet, DevnetState
-from proxy_router.rpc import SessionKey, Signer
-from proxy_router.rpc.protocol import HARD_FRAME_BYTES, PING, WS_PATH, encode_frame, request_frame
-from proxy_router.testing.ports import free_port
+from proxy_router.dev.devnet import Devnet, DevnetState
+from proxy_router.morrpc import SessionKey, Signer
+from proxy_router.morrpc.protocol import (
+    HARD_FRAME_BYTES,
+    PING,
+    WS_PATH,
+    encode_frame,
+    request_frame,
+)
+from proxy_router.ports import free_port
 
 APPROVED = "APPROVED"
 """Reply code counted for a ``session.request`` that got an approval (a result frame)."""

@@ -181,7 +181,7 @@ class Settings(BaseSettings):
         return value
 
     @property
-    def rpc_urls(self) -> list[str]:
+    def eth_rpc_urls(self) -> list[str]:
         return [u.strip() for u in self.eth_node_address.split(",") if u.strip()]
 
     @property

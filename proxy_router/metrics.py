@@ -29,7 +29,8 @@ from typing import Any, Literal
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from proxy_router.chain.index import MarketIndex
+from proxy_router.chain.index import MarketEvent, MarketIndex
+from proxy_router.chain.types import same_address
 
 Role = Literal["consumer", "provider"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -117,29 +118,30 @@ class Metrics:
     def follow_market(self, index: MarketIndex, address: str) -> None:
         """Count sessions and MOR from Marketplace events that concern ``address``
         (as the user on a consumer, as the provider on a provider)."""
-        me = address.lower()
-        party = "user" if self.role == "consumer" else "provider"
+        consumer = self.role == "consumer"
 
-        def ours(args: dict[str, Any]) -> bool:
-            if party in args:
-                return str(args[party]).lower() == me
-            session = index.sessions.get(str(args.get("sessionId", "")).lower()) or {}
-            return str(session.get(party, "")).lower() == me
+        def ours(event: MarketEvent) -> bool:
+            party = event.user if consumer else event.provider
+            if party is None:
+                session = index.sessions.get(event.session_id or "")
+                party = None if session is None else session.user if consumer \
+                    else session.provider
+            return same_address(party, address)
 
-        def on_event(name: str, args: dict[str, Any]) -> None:
-            if name not in {"SessionOpened", "SessionSettled", "ProviderClaimed"} \
-                    or not ours(args):
+        def on_event(event: MarketEvent) -> None:
+            if event.name not in {"SessionOpened", "SessionSettled", "ProviderClaimed"} \
+                    or not ours(event):
                 return
-            if name == "SessionOpened":
+            if event.name == "SessionOpened":
                 self.sessions_opened.inc()
-            elif name == "SessionSettled":
-                self.sessions_closed.labels(str(bool(args["disputed"])).lower()).inc()
-                earned, held = int(args["providerEarned"]), int(args["held"])
+            elif event.name == "SessionSettled":
+                self.sessions_closed.labels(str(event.disputed).lower()).inc()
                 # The user pays the provider's whole share; a disputed share reaches the
                 # provider later, by ProviderClaimed.
-                self.mor.inc(earned if self.role == "consumer" else earned - held)
-            elif self.role == "provider":
-                self.mor.inc(int(args["amount"]))
+                self.mor.inc(event.provider_earned if consumer
+                             else event.provider_earned - event.held)
+            elif not consumer:
+                self.mor.inc(event.amount)
 
         index.subscribe(on_event)
 

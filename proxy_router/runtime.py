@@ -41,7 +41,7 @@ async def connect_chain(settings: Settings, *, retry_s: float = 2.0,
     n = 0
     while True:
         try:
-            return await ChainClient.connect(settings.rpc_urls, settings.private_key,
+            return await ChainClient.connect(settings.eth_rpc_urls, settings.private_key,
                                              chain_id=settings.eth_node_chain_id)
         except ChainUnavailable as exc:
             n += 1
@@ -77,7 +77,7 @@ class Router:
         store = await Store.open(settings.proxy_storage_path, role)
         client = await connect_chain(settings)
         market = Marketplace(client, settings.marketplace_address, settings.mor_token_address)
-        index = MarketIndex(client, settings.marketplace_address, store,
+        index = MarketIndex(market, store,
                             poll_interval=settings.eth_node_polling_interval,
                             confirmations=settings.eth_node_confirmations)
         metrics = Metrics("provider" if role == "provider" else "consumer")
@@ -100,6 +100,7 @@ class Router:
         return bound
 
     async def _start_provider(self) -> None:
+        from proxy_router.morrpc import ReplayGuard, RpcServer, Signer
         from proxy_router.provider.backend import BackendTimeouts
         from proxy_router.provider.llama import EmbeddedLlamaServer
         from proxy_router.provider.models_config import (
@@ -107,8 +108,7 @@ class Router:
             load_models_config,
             normalize_model_id,
         )
-        from proxy_router.provider.node import ProviderNode
-        from proxy_router.rpc import ReplayGuard, RpcServer, Signer
+        from proxy_router.provider.service import ProviderService
 
         assert self.settings.models_config_path is not None
         try:
@@ -126,7 +126,7 @@ class Router:
                 assert model.api_url is not None
                 urls[normalize_model_id(model.model_id)] = model.api_url
         signer = Signer.from_key(self.settings.private_key)
-        node = ProviderNode(
+        service = ProviderService(
             account=signer.account, market=self.market, index=self.index, models=models,
             backend_urls=urls, store=self.store, http=self.http,
             backend_timeouts=BackendTimeouts(total=self.settings.backend_timeout_s),
@@ -134,23 +134,24 @@ class Router:
             prompts_per_session=self.settings.prompts_per_session,
             approvals_per_user=self.settings.approvals_per_user,
             session_requests_per_ip_s=self.settings.session_requests_per_ip_s)
-        node.rebuild_capacity()
+        service.rebuild_capacity()
         # Nonces are remembered in memory only: refuse frames signed before this start.
         guard = ReplayGuard(self.settings.mor_rpc_replay_window_s, not_before=time.time())
-        rpc = RpcServer(signer, observer=self.metrics, replay_guard=guard,
-                        credit_timeout=self.settings.stream_stall_timeout_s)
-        node.register(rpc)
-        self.metrics.watch(index=self.index, active_sessions=lambda: node.open_sessions,
-                           rpc_connections=lambda: rpc.open_connections)
+        mor_rpc = RpcServer(signer, observer=self.metrics, replay_guard=guard,
+                            credit_timeout=self.settings.stream_stall_timeout_s)
+        service.register(mor_rpc)
+        self.metrics.watch(index=self.index, active_sessions=lambda: service.open_sessions,
+                           rpc_connections=lambda: mor_rpc.open_connections)
         self.tasks.append(asyncio.create_task(
-            run_periodically(node.sweep, self.settings.session_sweep_interval_s, "provider-sweep"),
+            run_periodically(service.sweep, self.settings.session_sweep_interval_s,
+                             "provider-sweep"),
             name="sweeper"))
         app = web.Application(middlewares=[self.metrics.middleware])
-        rpc.add_routes(app)
+        mor_rpc.add_routes(app)
         started = time.time()
 
         async def healthcheck(_: web.Request) -> web.Response:
-            return health_response(self.index, started, await node.backend_health())
+            return health_response(self.index, started, await service.backend_health())
 
         app.router.add_get("/healthcheck", healthcheck)
         app.router.add_get("/metrics", self.metrics.handler)
@@ -163,7 +164,7 @@ class Router:
         from proxy_router.consumer.api import ConsumerApi
         from proxy_router.consumer.chat import ChatService
         from proxy_router.consumer.sessions import SessionManager
-        from proxy_router.rpc import RpcPool, Signer
+        from proxy_router.morrpc import RpcPool, Signer
 
         signer = Signer.from_key(self.settings.private_key)
         pool = RpcPool(signer, connect_timeout=self.settings.mor_rpc_connect_timeout_s,

@@ -9,7 +9,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from proxy_router.chain.deploy import DEFAULT_FUNDING, deploy_all
-from proxy_router.scripting import (
+from proxy_router.dev.anvil import dev_address
+from proxy_router.dev.scripting import (
     DEFAULT_DEPLOYMENT,
     connect,
     fmt_mor,
@@ -17,7 +18,6 @@ from proxy_router.scripting import (
     parser,
     run,
 )
-from proxy_router.testing.anvil import dev_address
 
 
 def main() -> None:

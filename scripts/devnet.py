@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy_router.devnet import Devnet
+from proxy_router.dev.devnet import Devnet
 
 DEFAULT_ROOT = Path(".devnet")
 
@@ -42,7 +42,7 @@ def main() -> int:
     if args.command == "down":
         print("stopped" if net.down() else "no devnet is up")
         return 0
-    from proxy_router.demo import run_demo
+    from proxy_router.dev.demo import run_demo
 
     return run_demo(net, root)
 

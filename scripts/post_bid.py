@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eth_utils import keccak
 
-from proxy_router.scripting import ScriptError, fmt_mor, marketplace, parser, run
+from proxy_router.dev.scripting import ScriptError, fmt_mor, marketplace, parser, run
 
 DEFAULT_PRICE = 10**14  # 0.0001 MOR/s: a 10-minute session escrows 0.06 MOR
 
@@ -31,14 +31,14 @@ def main() -> None:
             model_id = args.model_id or "0x" + keccak(
                 bytes.fromhex(market.client.address[2:]) + keccak(text=args.name)).hex()
             model = await market.get_model(model_id)
-            if not model["createdAt"]:
+            if not model.created_at:
                 raise ScriptError(f"model {model_id} is not registered; run register_model.py")
             bid_id, tx = await market.post_bid(model_id, args.price)
             bid = await market.get_bid(bid_id)
         finally:
             await market.client.close()
-        print(f"bid {bid_id} active for model {model['name']!r} ({model_id})")
-        print(f"price {bid['pricePerSecond']} wei/s = {fmt_mor(bid['pricePerSecond'] * 3600)}"
+        print(f"bid {bid_id} active for model {model.name!r} ({model_id})")
+        print(f"price {bid.price_per_second} wei/s = {fmt_mor(bid.price_per_second * 3600)}"
               f" per hour, tx {tx.tx_hash}, gas {tx.gas_used}")
 
     run(body)

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eth_utils import keccak
 
 from proxy_router.chain.marketplace import to_bytes32
-from proxy_router.scripting import fmt_mor, marketplace, mor, parser, run
+from proxy_router.dev.scripting import fmt_mor, marketplace, mor, parser, run
 
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy_router.scripting import fmt_mor, marketplace, mor, parser, run
+from proxy_router.dev.scripting import fmt_mor, marketplace, mor, parser, run
 
 
 def main() -> None:
@@ -28,8 +28,8 @@ def main() -> None:
             info = await market.get_provider(market.client.address)
         finally:
             await market.client.close()
-        print(f"provider {market.client.address} registered at {info['endpoint']}")
-        print(f"stake {fmt_mor(info['stake'])} (added {fmt_mor(stake)}), tx {tx.tx_hash}, "
+        print(f"provider {market.client.address} registered at {info.endpoint}")
+        print(f"stake {fmt_mor(info.stake)} (added {fmt_mor(stake)}), tx {tx.tx_hash}, "
               f"gas {tx.gas_used}")
 
     run(body)

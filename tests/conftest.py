@@ -18,12 +18,22 @@ import pytest
 from proxy_router.chain.client import ChainClient
 from proxy_router.chain.deploy import Deployment, deploy_all
 from proxy_router.chain.marketplace import Marketplace
-from proxy_router.testing.anvil import Anvil, dev_address, dev_key
+from proxy_router.dev.anvil import Anvil, dev_address, dev_key
 
 if TYPE_CHECKING:
-    from proxy_router.devnet import DevnetState
+    from proxy_router.dev.devnet import DevnetState
 
 DEPLOYER, PROVIDER, USER, OTHER, FEE_RECIPIENT = 0, 1, 2, 3, 9
+
+
+@pytest.fixture(scope="module")
+async def market(state: DevnetState) -> AsyncIterator[Marketplace]:
+    """A read-only Marketplace on the devnet of the module's own ``state`` fixture."""
+    client = await ChainClient.connect(state.rpc_url)
+    try:
+        yield Marketplace(client, state.marketplace_address, state.mor_token_address)
+    finally:
+        await client.close()
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +102,7 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetState]:
     """The whole stack as processes: anvil, contracts, llama.cpp with the real
     SmolLM2-135M model, provider and consumer. One per test run, shared by the
     integration and browser tests."""
-    from proxy_router.devnet import Devnet
+    from proxy_router.dev.devnet import Devnet
 
     net = Devnet(Path(tmp_path_factory.mktemp("devnet")), progress=lambda _: None)
     state = net.up()

@@ -12,9 +12,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy_router.chain.index import MarketEvent
+from proxy_router.chain.types import Session
 from proxy_router.metrics import CONTENT_TYPE, Metrics
-from proxy_router.rpc import RpcClient, RpcError, RpcServer, SessionKey, Signer
-from tests.rpc.serve import register_test_methods
+from proxy_router.morrpc import RpcClient, RpcError, RpcServer, SessionKey, Signer
+from tests.morrpc.serve import register_test_methods
 
 ME, OTHER = "0x" + "aa" * 20, "0x" + "bb" * 20
 S1, S2, S3 = ("0x" + c * 64 for c in "123")
@@ -38,16 +40,22 @@ class FakeIndex:
     """What ``follow_market`` and ``watch`` use of the market index."""
 
     def __init__(self) -> None:
-        self.sessions: dict[str, dict[str, Any]] = {}
-        self.listeners: list[Callable[[str, dict[str, Any]], Any]] = []
+        self.sessions: dict[str, Session] = {}
+        self.listeners: list[Callable[[MarketEvent], Any]] = []
         self.lag_blocks = 3
 
-    def subscribe(self, listener: Callable[[str, dict[str, Any]], Any]) -> None:
+    def subscribe(self, listener: Callable[[MarketEvent], Any]) -> None:
         self.listeners.append(listener)
 
     def emit(self, name: str, **args: Any) -> None:
         for listener in self.listeners:
-            listener(name, args)
+            listener(MarketEvent.from_args(name, 1, args))
+
+
+def sessions(**parties: tuple[str, str]) -> dict[str, Session]:
+    """Sessions by id (S1..S3), each given as (user, provider)."""
+    ids = {"S1": S1, "S2": S2, "S3": S3}
+    return {ids[k]: Session(ids[k], user=u, provider=p) for k, (u, p) in parties.items()}
 
 
 def test_names_follow_prometheus_conventions():
@@ -79,8 +87,7 @@ def test_mor_is_spent_by_a_consumer_and_earned_by_a_provider():
 def test_a_consumer_counts_its_own_sessions_and_what_it_paid():
     index, metrics = FakeIndex(), Metrics("consumer")
     metrics.follow_market(cast(Any, index), ME.upper().replace("0X", "0x"))
-    index.sessions = {S1: {"user": ME, "provider": OTHER}, S2: {"user": OTHER, "provider": ME},
-                      S3: {"user": ME, "provider": OTHER}}
+    index.sessions = sessions(S1=(ME, OTHER), S2=(OTHER, ME), S3=(ME, OTHER))
     index.emit("SessionOpened", user=ME, sessionId=S1, provider=OTHER)
     index.emit("SessionOpened", user=OTHER, sessionId=S2, provider=ME)  # not ours as a user
     index.emit("SessionOpened", user=ME, sessionId=S3, provider=OTHER)
@@ -102,8 +109,7 @@ def test_a_consumer_counts_its_own_sessions_and_what_it_paid():
 def test_a_provider_counts_what_reached_it_including_claimed_disputed_shares():
     index, metrics = FakeIndex(), Metrics("provider")
     metrics.follow_market(cast(Any, index), ME)
-    index.sessions = {S1: {"user": OTHER, "provider": ME}, S2: {"user": OTHER, "provider": ME},
-                      S3: {"user": ME, "provider": OTHER}}
+    index.sessions = sessions(S1=(OTHER, ME), S2=(OTHER, ME), S3=(ME, OTHER))
     index.emit("SessionOpened", user=OTHER, sessionId=S1, provider=ME)
     index.emit("SessionSettled", sessionId=S1, providerEarned=5 * 10**15, userRefund=0,
                held=0, disputed=False)

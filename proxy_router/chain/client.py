@@ -23,6 +23,7 @@ from hexbytes import HexBytes
 from web3 import AsyncWeb3
 from web3.contract import AsyncContract
 from web3.exceptions import (
+    BadFunctionCallOutput,
     ContractCustomError,
     ContractLogicError,
     ContractPanicError,
@@ -151,7 +152,7 @@ class ChainClient:
 
     def __init__(
         self,
-        w3: AsyncWeb3,
+        w3: AsyncWeb3[Any],
         chain_id: int,
         account: LocalAccount | None = None,
         fees: FeePolicy | None = None,
@@ -169,14 +170,15 @@ class ChainClient:
     @classmethod
     async def connect(
         cls,
-        rpc_urls: Sequence[str] | str,
+        eth_rpc_urls: Sequence[str] | str,
         private_key: str | None = None,
         *,
         chain_id: int | None = None,
         timeout: float = 10.0,
         fees: FeePolicy | None = None,
     ) -> ChainClient:
-        urls = [u.strip() for u in rpc_urls.split(",")] if isinstance(rpc_urls, str) else rpc_urls
+        urls = ([u.strip() for u in eth_rpc_urls.split(",")] if isinstance(eth_rpc_urls, str)
+                else eth_rpc_urls)
         http_urls = [u for u in urls if u.startswith(("http://", "https://"))]
         ws_urls = [u for u in urls if u.startswith(("ws://", "wss://"))]
         if http_urls:
@@ -225,7 +227,10 @@ class ChainClient:
             return await getattr(contract.functions, fn)(*args).call(block_identifier=block)
         except ContractLogicError as exc:
             raise self._revert(exc) from None
-        except TRANSIENT_ERRORS as exc:
+        except BadFunctionCallOutput:
+            raise ChainError(f"{fn} at {contract.address} returned nothing: no contract there "
+                             "on this chain (check the address and the chain id)") from None
+        except (*TRANSIENT_ERRORS, Web3RPCError) as exc:
             raise ChainUnavailable(redact_text(str(exc))) from exc
 
     async def deploy(self, name: str, *args: Any) -> TxResult:
@@ -409,7 +414,7 @@ class ChainClient:
     async def _guard(awaitable: Any) -> Any:
         try:
             return await awaitable
-        except TRANSIENT_ERRORS as exc:
+        except (*TRANSIENT_ERRORS, Web3RPCError) as exc:  # down, or refusing (e.g. 429)
             raise ChainUnavailable(redact_text(str(exc))) from exc
 
 

@@ -8,6 +8,7 @@ in seconds, which the reference implementation gets wrong (milliseconds).
 from __future__ import annotations
 
 from dataclasses import astuple, dataclass
+from typing import Any
 
 from eth_abi import decode, encode
 from eth_account import Account
@@ -18,6 +19,19 @@ from eth_utils import keccak, to_checksum_address
 APPROVAL_TYPES = ["bytes32", "uint256", "address", "uint128"]
 RECEIPT_TYPES = ["bytes32", "uint256", "uint128", "uint32", "uint32", "uint64", "uint64"]
 UINT32_MAX = 2**32 - 1
+
+
+def jsonable(value: Any) -> Any:
+    """ABI values as JSON: bytes → 0x-hex, structs (dicts, named tuples) recursively."""
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if hasattr(value, "_asdict"):
+        return {k: jsonable(v) for k, v in value._asdict().items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)

@@ -11,17 +11,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
 from web3.providers.persistent import WebSocketProvider
 
 from proxy_router.chain.artifacts import event_topics
 from proxy_router.chain.client import ChainClient
 from proxy_router.chain.errors import ChainError
+from proxy_router.chain.marketplace import Marketplace
+from proxy_router.chain.types import (
+    RECORD_TYPES,
+    Bid,
+    MarketRecord,
+    Model,
+    Provider,
+    Session,
+    chain_now,
+    normalize_address,
+    normalize_id,
+    same_address,
+)
 from proxy_router.store.db import Store
 
 log = structlog.get_logger(__name__)
@@ -33,40 +46,58 @@ KINDS = ("provider", "model", "bid", "session")
 PROVIDER_EVENTS = {"ProviderRegistered", "ProviderDeregistered", "BidPosted", "BidDeleted",
                    "SessionOpened"}
 
-Listener = Callable[[str, dict[str, Any]], Awaitable[None] | None]
+
+@dataclass(frozen=True, slots=True)
+class MarketEvent:
+    """A marketplace event: the ids it concerns (normalised as in ``types``) and, for
+    settlements and claims, the amounts it moved."""
+
+    name: str
+    block: int
+    provider: str | None = None
+    user: str | None = None
+    model_id: str | None = None
+    bid_id: str | None = None
+    session_id: str | None = None
+    amount: int = 0  # ProviderClaimed
+    provider_earned: int = 0  # SessionSettled, as the next three
+    user_refund: int = 0
+    held: int = 0
+    disputed: bool = False
+
+    @classmethod
+    def from_args(cls, name: str, block: int, args: dict[str, Any]) -> MarketEvent:
+        def addr(key: str) -> str | None:
+            return normalize_address(args[key]) if key in args else None
+
+        def ident(key: str) -> str | None:
+            return normalize_id(args[key]) if key in args else None
+        return cls(name, block, provider=addr("provider"), user=addr("user"),
+                   model_id=ident("modelId"), bid_id=ident("bidId"),
+                   session_id=ident("sessionId"), amount=int(args.get("amount", 0)),
+                   provider_earned=int(args.get("providerEarned", 0)),
+                   user_refund=int(args.get("userRefund", 0)), held=int(args.get("held", 0)),
+                   disputed=bool(args.get("disputed", False)))
 
 
-def jsonable(value: Any) -> Any:
-    """Struct values as JSON: bytes → 0x-hex, tuples/dicts recursively."""
-    if isinstance(value, bytes):
-        return "0x" + value.hex()
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if hasattr(value, "_asdict"):
-        return {k: jsonable(v) for k, v in value._asdict().items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
-
-
-def _hex(value: bytes) -> str:
-    return "0x" + bytes(value).hex()
+Listener = Callable[[MarketEvent], Awaitable[None] | None]
 
 
 class MarketIndex:
-    def __init__(self, client: ChainClient, marketplace_address: str, store: Store, *,
+    def __init__(self, market: Marketplace, store: Store, *,
                  poll_interval: float = 1.0, confirmations: int = 0,
                  start_block: int = 0) -> None:
-        self.client = client
-        self.contract = client.contract("Marketplace", marketplace_address)
+        self.market = market
+        self.client = market.client
+        self.contract = market.contract
         self.store = store
         self.poll_interval = poll_interval
         self.confirmations = confirmations
         self.start_block = start_block
-        self.providers: dict[str, dict[str, Any]] = {}
-        self.models: dict[str, dict[str, Any]] = {}
-        self.bids: dict[str, dict[str, Any]] = {}
-        self.sessions: dict[str, dict[str, Any]] = {}
+        self.providers: dict[str, Provider] = {}  # by checksummed address
+        self.models: dict[str, Model] = {}  # by lower-case 0x id, as bids and sessions
+        self.bids: dict[str, Bid] = {}
+        self.sessions: dict[str, Session] = {}
         self.checkpoint = start_block - 1
         self.head = 0
         self.head_timestamp = 0
@@ -84,7 +115,7 @@ class MarketIndex:
         tables = self._tables()
         for kind, ident, data in await self.store.load_market():
             if kind in tables:
-                tables[kind][ident] = data
+                tables[kind][ident] = RECORD_TYPES[kind].from_json(data)
         saved = await self.store.get(CHECKPOINT_KEY)
         if saved is not None:
             self.checkpoint = int(saved)
@@ -107,7 +138,7 @@ class MarketIndex:
         self._task = self._heads = None
 
     def subscribe(self, listener: Listener) -> None:
-        """``listener(event_name, args)`` runs for every new Marketplace event."""
+        """``listener(event)`` runs for every new Marketplace event, once it is folded."""
         self._listeners.append(listener)
 
     async def _run(self) -> None:
@@ -156,23 +187,23 @@ class MarketIndex:
             end = min(target, start + MAX_LOG_RANGE - 1)
             logs = await ChainClient._guard(w3.eth.get_logs({
                 "address": self.contract.address, "fromBlock": start, "toBlock": end}))
-            dirty: dict[str, set[str]] = {kind: set() for kind in KINDS}
-            events: list[tuple[str, dict[str, Any]]] = []
+            events: list[MarketEvent] = []
             for raw in logs:
                 name = self._topics.get(bytes(raw["topics"][0])) if raw["topics"] else None
                 if name is None:
                     continue
                 args = dict(getattr(self.contract.events, name)().process_log(raw)["args"])
-                events.append((name, jsonable(args)))
-                self._mark(name, args, dirty)
-            rows = await self._refresh(dirty, end)
-            await self.store.save_market(rows, (CHECKPOINT_KEY, str(end)))
+                events.append(MarketEvent.from_args(name, int(raw["blockNumber"]), args))
+            records = await self._refresh(self._dirty(events), end)
+            await self.store.save_market(
+                [(kind, record.id, record.to_json()) for kind, record in records],
+                (CHECKPOINT_KEY, str(end)))
             tables = self._tables()
-            for kind, ident, data in rows:
-                tables[kind][ident] = data
+            for kind, record in records:
+                tables[kind][record.id] = record
             self.checkpoint = end
-            for name, args in events:
-                await self._notify(name, args)
+            for event in events:
+                await self._notify(event)
             async with self._updated:
                 self._updated.notify_all()
         return self.checkpoint
@@ -187,60 +218,68 @@ class MarketIndex:
         await asyncio.wait_for(reached(), timeout)
 
     @staticmethod
-    def _mark(name: str, args: dict[str, Any], dirty: dict[str, set[str]]) -> None:
-        if name in PROVIDER_EVENTS:
-            dirty["provider"].add(to_checksum_address(args["provider"]))
-        if "modelId" in args:
-            dirty["model"].add(_hex(args["modelId"]))
-        if "bidId" in args:
-            dirty["bid"].add(_hex(args["bidId"]))
-        if "sessionId" in args:
-            dirty["session"].add(_hex(args["sessionId"]))
+    def _dirty(events: Iterable[MarketEvent]) -> dict[str, set[str]]:
+        dirty: dict[str, set[str]] = {kind: set() for kind in KINDS}
+        for event in events:
+            if event.name in PROVIDER_EVENTS and event.provider:
+                dirty["provider"].add(event.provider)
+            for kind, ident in (("model", event.model_id), ("bid", event.bid_id),
+                                ("session", event.session_id)):
+                if ident:
+                    dirty[kind].add(ident)
+        return dirty
 
     async def _refresh(self, dirty: dict[str, set[str]],
-                       block: int) -> list[tuple[str, str, dict[str, Any]]]:
-        views = {"provider": "getProvider", "model": "getModel", "bid": "getBid",
-                 "session": "getSession"}
+                       block: int) -> list[tuple[str, MarketRecord]]:
+        views: dict[str, Callable[..., Awaitable[MarketRecord]]] = {
+            "provider": self.market.get_provider, "model": self.market.get_model,
+            "bid": self.market.get_bid, "session": self.market.get_session}
         jobs = [(kind, ident) for kind in KINDS for ident in sorted(dirty[kind])]
         sem = asyncio.Semaphore(16)
 
-        async def fetch(kind: str, ident: str) -> tuple[str, str, dict[str, Any]]:
-            arg: Any = ident if kind == "provider" else bytes.fromhex(ident[2:])
+        async def fetch(kind: str, ident: str) -> tuple[str, MarketRecord]:
             async with sem:
-                value = await self.client.call(self.contract, views[kind], arg, block=block)
-            data = jsonable(value)
-            data["id"] = ident
-            return kind, ident, data
+                return kind, await views[kind](ident, block=block)
 
         return list(await asyncio.gather(*(fetch(k, i) for k, i in jobs)))
 
-    async def _notify(self, name: str, args: dict[str, Any]) -> None:
+    async def _notify(self, event: MarketEvent) -> None:
         for listener in self._listeners:
             try:
-                result = listener(name, args)
+                result = listener(event)
                 if asyncio.iscoroutine(result):
                     await result
             except Exception:
-                log.exception("index_listener_failed", event=name)
+                log.exception("index_listener_failed", event=event.name)
 
-    def _tables(self) -> dict[str, dict[str, dict[str, Any]]]:
+    def _tables(self) -> dict[str, dict[str, Any]]:
         return {"provider": self.providers, "model": self.models, "bid": self.bids,
                 "session": self.sessions}
 
     # -- queries -----------------------------------------------------------
 
-    def active_bids(self, model_id: str | None = None) -> list[dict[str, Any]]:
-        return [b for b in self.bids.values()
-                if not b.get("deletedAt") and (model_id is None
-                                               or b["modelId"].lower() == model_id.lower())]
+    def chain_now(self) -> int:
+        """Now, for deadlines: see ``types.chain_now``."""
+        return chain_now(self.head_timestamp)
 
-    def find_model(self, name_or_id: str) -> dict[str, Any] | None:
+    def active_bids(self, model_id: str | None = None) -> list[Bid]:
+        return [b for b in self.bids.values()
+                if b.active and (model_id is None or b.model_id == model_id.lower())]
+
+    def find_model(self, name_or_id: str) -> Model | None:
         """A model by on-chain id (0x-hex) or by name (the newest active one wins)."""
         if name_or_id.lower() in self.models:
             return self.models[name_or_id.lower()]
-        named = [m for m in self.models.values()
-                 if m.get("name") == name_or_id and not m.get("isDeleted")]
-        return max(named, key=lambda m: m.get("createdAt", 0)) if named else None
+        named = [m for m in self.models.values() if m.name == name_or_id and not m.is_deleted]
+        return max(named, key=lambda m: m.created_at) if named else None
+
+    def provider(self, address: str) -> Provider | None:
+        """A provider by address, in any letter case."""
+        found = self.providers.get(address)
+        if found is None:
+            found = next((p for a, p in self.providers.items() if same_address(a, address)),
+                         None)
+        return found
 
     @property
     def lag_blocks(self) -> int:

@@ -1,7 +1,8 @@
-"""Typed calls on the Marketplace and MOR token, on top of ``ChainClient``.
+"""Our Marketplace flavour: its calls and the MOR token, on top of ``ChainClient``.
 
-Amounts are integers in wei; ids are 32-byte ``bytes`` on the way in and come
-back from the views as JSON-friendly dicts (0x-hex ids, int amounts).
+Amounts are integers in wei; ids go in as 32-byte ``bytes`` or 0x-hex and the
+views come back as the flavour-neutral records of ``chain/types.py`` (this is
+the one place our contract's structs are mapped to them).
 """
 
 from __future__ import annotations
@@ -11,7 +12,18 @@ from typing import Any
 from eth_utils import to_checksum_address
 
 from proxy_router.chain.client import ChainClient, TxResult
-from proxy_router.chain.index import jsonable
+from proxy_router.chain.encoding import jsonable
+from proxy_router.chain.types import (
+    Bid,
+    Model,
+    Provider,
+    ProviderModelStats,
+    Session,
+    normalize_address,
+    normalize_id,
+)
+
+Block = int | str
 
 
 def to_bytes32(value: str | bytes) -> bytes:
@@ -99,20 +111,37 @@ class Marketplace:
     async def param(self, name: str) -> int:
         return int(await self.client.call(self.contract, name))
 
-    async def _view(self, fn: str, *args: Any) -> dict[str, Any]:
-        return dict(jsonable(await self.client.call(self.contract, fn, *args)))
+    async def _view(self, fn: str, *args: Any, block: Block) -> dict[str, Any]:
+        value = jsonable(await self.client.call(self.contract, fn, *args, block=block))
+        assert isinstance(value, dict)
+        return value
 
-    async def get_provider(self, address: str) -> dict[str, Any]:
-        return await self._view("getProvider", address)
+    async def get_provider(self, address: str, *, block: Block = "latest") -> Provider:
+        address = normalize_address(address)
+        raw = await self._view("getProvider", address, block=block)
+        return Provider.from_json({**raw, "id": address})
 
-    async def get_model(self, model_id: str | bytes) -> dict[str, Any]:
-        return await self._view("getModel", to_bytes32(model_id))
+    async def get_model(self, model_id: str | bytes, *, block: Block = "latest") -> Model:
+        raw = await self._view("getModel", to_bytes32(model_id), block=block)
+        return Model.from_json({**raw, "id": normalize_id(model_id)})
 
-    async def get_bid(self, bid_id: str | bytes) -> dict[str, Any]:
-        return await self._view("getBid", to_bytes32(bid_id))
+    async def get_bid(self, bid_id: str | bytes, *, block: Block = "latest") -> Bid:
+        raw = await self._view("getBid", to_bytes32(bid_id), block=block)
+        return Bid.from_json({**raw, "id": normalize_id(bid_id)})
 
-    async def get_session(self, session_id: str | bytes) -> dict[str, Any]:
-        return await self._view("getSession", to_bytes32(session_id))
+    async def get_session(self, session_id: str | bytes, *,
+                          block: Block = "latest") -> Session:
+        raw = await self._view("getSession", to_bytes32(session_id), block=block)
+        return Session.from_json({**raw, "id": normalize_id(session_id)})
 
-    async def get_stats(self, provider: str, model_id: str | bytes) -> dict[str, Any]:
-        return await self._view("getProviderModelStats", provider, to_bytes32(model_id))
+    async def get_stats(self, provider: str, model_id: str | bytes) -> ProviderModelStats:
+        raw = await self._view("getProviderModelStats", normalize_address(provider),
+                               to_bytes32(model_id), block="latest")
+        return ProviderModelStats.from_json(raw)
+
+    async def sessions_of_user(self, user: str, offset: int, limit: int
+                               ) -> tuple[list[str], int]:
+        """One page of the user's session ids (newest last) and their total count."""
+        ids, total = await self.client.call(self.contract, "getSessionsByUser",
+                                            normalize_address(user), offset, limit)
+        return [normalize_id(bytes(i)) for i in ids], int(total)

@@ -17,13 +17,14 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from proxy_router.chain.errors import ChainError, ChainUnavailable, ContractReverted
 from proxy_router.chain.marketplace import to_bytes32
 from proxy_router.consumer.access import ROUTE_ACCESS, Access, AccessPolicy
-from proxy_router.consumer.chat import FAILOVER_CODES, ChatService, Reply
-from proxy_router.consumer.errors import ApiError
+from proxy_router.consumer.chat import ChatService, Reply
+from proxy_router.consumer.domain_errors import ProviderUnavailable
+from proxy_router.consumer.errors import ApiError, internal_error, rule_for, to_api_error
+from proxy_router.consumer.failover import Verdict, verdict
 from proxy_router.consumer.openapi import Param, Route, build_document
 from proxy_router.consumer.schemas import (
     Balance,
@@ -44,12 +45,11 @@ from proxy_router.consumer.schemas import (
     parse_body,
 )
 from proxy_router.consumer.sessions import SessionManager, public_row
-from proxy_router.consumer.sse import USAGE_KEY, as_sse, filter_usage, first_event
+from proxy_router.consumer.sse import USAGE_KEY, checked_sse, filter_usage, first_event
 from proxy_router.health import Health, health_response
 from proxy_router.metrics import Metrics
+from proxy_router.morrpc import RpcError, RpcUnavailable
 from proxy_router.netguard import read_body
-from proxy_router.redact import redact_text
-from proxy_router.rpc import RpcError, RpcUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -126,6 +126,7 @@ def json_response(model: type[BaseModel], value: Any, *, status: int = 200,
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes one OpenAI-shaped error, through ``errors.HTTP_ERRORS``."""
     try:
         return await handler(request)
     except ApiError as exc:
@@ -136,30 +137,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = "not_found" if exc.status == 404 else "http_error"
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow",)}
         return ApiError(exc.status, code, exc.reason or "error", headers=headers).response()
-    except ChainUnavailable as exc:  # its text may quote an RPC URL and its API key
-        log.warning("chain_unavailable", path=request.path, error=str(exc))
-        return ApiError(503, "chain_unavailable", "the chain RPC is unreachable; retry later",
-                        type_="api_error").response()
-    except ContractReverted as exc:
-        return ApiError(409, "transaction_reverted", f"the contract refused: {exc.reason}"
-                        ).response()
-    except ChainError as exc:
-        log.warning("chain_error", path=request.path, error=str(exc))
-        return ApiError(502, "chain_error", "the chain RPC answered with an error",
-                        type_="api_error").response()
-    except RpcError as exc:
-        return ApiError.from_rpc(exc).response()
-    except RpcUnavailable as exc:
-        return ApiError(503, "provider_unavailable", redact_text(str(exc)),
-                        type_="api_error").response()
     except ConnectionResetError:
         if request.transport is None or request.transport.is_closing():
             raise  # the client went away (e.g. mid-stream): nobody to answer
         log.exception("unhandled_error", path=request.path)
-        return ApiError(500, "internal_error", "internal error", type_="api_error").response()
-    except Exception:
-        log.exception("unhandled_error", path=request.path)
-        return ApiError(500, "internal_error", "internal error", type_="api_error").response()
+        return internal_error().response()
+    except Exception as exc:
+        rule = rule_for(exc)
+        if rule is None:
+            log.exception("unhandled_error", path=request.path)
+            return internal_error().response()
+        if rule.log:
+            log.warning(rule.log, path=request.path, error=str(exc))
+        return rule.api_error(exc).response()
 
 
 class ConsumerApi:
@@ -225,13 +215,13 @@ class ConsumerApi:
 
     async def list_models(self, request: web.Request) -> web.Response:
         data = []
-        for model in sorted(self.index.models.values(), key=lambda m: m.get("createdAt", 0)):
-            bids = self.index.active_bids(model["id"])
-            if model.get("isDeleted") or not bids:
+        for model in sorted(self.index.models.values(), key=lambda m: m.created_at):
+            bids = self.index.active_bids(model.id)
+            if model.is_deleted or not bids:
                 continue
-            data.append(OpenAIModel(id=model["name"], created=int(model.get("createdAt", 0)),
-                                    owned_by=model.get("owner", ""), modelId=model["id"],
-                                    tags=model.get("tags", []), activeBids=len(bids)))
+            data.append(OpenAIModel(id=model.name, created=model.created_at,
+                                    owned_by=model.owner, modelId=model.id,
+                                    tags=list(model.tags), activeBids=len(bids)))
         return web.json_response(ModelList(data=data).model_dump(mode="json"))
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
@@ -239,13 +229,7 @@ class ConsumerApi:
         header = request.headers.get("session_id", request.headers.get("X-Session-Id"))
         session_id = None if header is None else _id32(header, "session", param="session_id")
         if not req.stream:
-            body, session = await self.chat.complete(req, session_id)
-            try:
-                completion = ChatCompletion.model_validate(body)
-            except ValidationError as exc:
-                raise ApiError(502, "bad_provider_response",
-                               f"provider {session.provider} sent an invalid completion: "
-                               f"{exc.errors()[0]['msg']}", type_="api_error") from None
+            completion, session = await self.chat.complete(req, session_id)
             return web.json_response(completion.model_dump(mode="json", exclude_unset=True),
                                      headers={"X-Session-Id": session.session_id})
         reply = await self.chat.start(req, session_id)
@@ -265,7 +249,7 @@ class ConsumerApi:
         write = resp.write
         try:
             async for chunk in reply.chunks():
-                chunk = as_sse(chunk)
+                chunk = checked_sse(chunk)
                 if USAGE_KEY in chunk:  # rare: the stream's last event
                     chunk, saw = filter_usage(chunk, include_usage)
                     saw_usage |= saw
@@ -275,16 +259,15 @@ class ConsumerApi:
         except (RpcError, RpcUnavailable) as exc:
             # Text already reached the client, so no retry: end the stream with the
             # error, and stop using a provider that broke mid-answer.
-            if isinstance(exc, RpcUnavailable) or exc.code in FAILOVER_CODES:
+            if verdict(exc) is Verdict.FAIL_OVER:
                 self.chat.drop(reply.session)
-            err = ApiError.from_rpc(exc) if isinstance(exc, RpcError) else ApiError(
-                503, "provider_unavailable", str(exc), type_="api_error")
-            await resp.write(err.sse())
+            shown = exc if isinstance(exc, RpcError) else ProviderUnavailable(str(exc))
+            await resp.write(to_api_error(shown).sse())
         else:
             self.chat.finished(reply)
             usage = reply.usage
             if include_usage and not saw_usage and usage:
-                first = first_event(as_sse(reply.first))
+                first = first_event(reply.first)
                 final = ChatCompletionChunk(
                     id=first.get("id", ""), created=first.get("created", 0),
                     model=first.get("model", ""), choices=[], usage=Usage(
@@ -304,39 +287,37 @@ class ConsumerApi:
                                        "mor": await self.market.mor_balance(address)})
 
     async def providers(self, request: web.Request) -> web.Response:
-        rows = [p for p in self.index.providers.values() if not p.get("isDeleted")]
+        rows = [p.to_json() for p in self.index.providers.values() if not p.is_deleted]
         return json_response(Provider, rows)
 
     async def models(self, request: web.Request) -> web.Response:
-        rows = [m for m in self.index.models.values() if not m.get("isDeleted")]
+        rows = [m.to_json() for m in self.index.models.values() if not m.is_deleted]
         return json_response(MarketModel, rows)
 
     async def bids(self, request: web.Request) -> web.Response:
         model = request.query.get("modelId")
-        model_id = self.chat.resolve_model(model)["id"] if model else None
-        return json_response(Bid, self.index.active_bids(model_id))
+        model_id = self.chat.resolve_model(model).id if model else None
+        return json_response(Bid, [b.to_json() for b in self.index.active_bids(model_id)])
 
     async def model_bids(self, request: web.Request) -> web.Response:
-        model_id = self.chat.resolve_model(request.match_info["model"])["id"]
-        return json_response(Bid, self.index.active_bids(model_id))
+        model_id = self.chat.resolve_model(request.match_info["model"]).id
+        return json_response(Bid, [b.to_json() for b in self.index.active_bids(model_id)])
 
     async def rated_bids(self, request: web.Request) -> web.Response:
-        model_id = self.chat.resolve_model(request.match_info["model"])["id"]
+        model_id = self.chat.resolve_model(request.match_info["model"]).id
         rated = await self.sessions.rated_bids(model_id)
         return json_response(RatedBid, [r.as_json() for r in rated])
 
     async def open_by_model(self, request: web.Request) -> web.Response:
         body = parse_body(OpenSessionRequest, await read_body(request, self.body_timeout_s))
-        model_id = self.chat.resolve_model(request.match_info["model"])["id"]
+        model_id = self.chat.resolve_model(request.match_info["model"]).id
         session = await self.sessions.open_for_model(model_id, body.sessionDuration)
         return json_response(LocalSession, session.public(), status=201)
 
     async def open_by_bid(self, request: web.Request) -> web.Response:
         body = parse_body(OpenSessionRequest, await read_body(request, self.body_timeout_s))
         bid_id = _id32(request.match_info["bid"], "bid")
-        bid = self.index.bids.get(bid_id) or {**await self.market.get_bid(bid_id), "id": bid_id}
-        if not bid.get("createdAt"):
-            raise ApiError(404, "bid_not_found", f"bid {bid_id} does not exist", param="bid")
+        bid = await self.sessions.find_bid(bid_id)
         session = await self.sessions.open_for_bid(bid, body.sessionDuration)
         return json_response(LocalSession, session.public(), status=201)
 
@@ -346,16 +327,11 @@ class ConsumerApi:
 
     async def get_session(self, request: web.Request) -> web.Response:
         session_id = _id32(request.match_info["session"], "session")
-        onchain = await self.market.get_session(session_id)
-        if not onchain["openedAt"]:
-            raise ApiError(404, "session_not_found", f"session {session_id} not found")
-        now = self.sessions.chain_now()
-        end = min(now, int(onchain["endsAt"])) if not onchain["closed"] else int(
-            onchain["closedAt"])
-        cost = max(0, end - int(onchain["openedAt"])) * int(onchain["pricePerSecond"])
-        left = max(0, int(onchain["endsAt"]) - now) if not onchain["closed"] else 0
-        return json_response(OnChainSession, {**onchain, "id": session_id, "secondsLeft": left,
-                                              "costSoFar": min(cost, int(onchain["stake"]))})
+        onchain = await self.sessions.chain_session(session_id)
+        now = self.index.chain_now()
+        return json_response(OnChainSession, {**onchain.to_json(),
+                                              "secondsLeft": onchain.seconds_left(now),
+                                              "costSoFar": onchain.cost_so_far(now)})
 
     async def close_session(self, request: web.Request) -> web.Response:
         session_id = _id32(request.match_info["session"], "session")

@@ -4,12 +4,14 @@ A request resolves its model (on-chain name or id), takes an open session for
 it (or opens one), and streams ``session.prompt``. Until the first chunk has
 arrived nothing has reached the client, so a provider that is unreachable,
 refuses, or stays silent past ``first_token_timeout`` is dropped: its session
-is closed (refunding the unused stake) and the next-rated bid is tried. The
-client sees one answer, or one clear error.
+is closed (refunding the unused stake) and the next-rated bid is tried
+(``failover.verdict`` decides which failures are the provider's). The client
+sees one answer, or one clear error (a ``domain_errors`` exception or the
+provider's ``RpcError``, translated by the API).
 
 A session runs as many prompts at once as its provider allows (one by default):
 a request waits for its turn on the session (``first_token_timeout`` at most, then
-429 ``session_busy``) rather than being refused by the provider.
+``SessionBusy``) rather than being refused by the provider.
 """
 
 from __future__ import annotations
@@ -22,23 +24,31 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
+from pydantic import ValidationError
 
 from proxy_router import bounded_json
 from proxy_router.chain.index import MarketIndex
-from proxy_router.consumer.errors import ApiError
-from proxy_router.consumer.schemas import ChatRequest
-from proxy_router.consumer.sessions import ConsumerSession, SessionManager
+from proxy_router.chain.types import Model
+from proxy_router.consumer.domain_errors import (
+    BadProviderResponse,
+    ConsumerError,
+    ModelNotFound,
+    NoOpenSession,
+    NoProviderAvailable,
+    ProviderUnavailable,
+    RequestTooLarge,
+    SessionBusy,
+    SessionModelMismatch,
+)
+from proxy_router.consumer.failover import Verdict, verdict
+from proxy_router.consumer.schemas import ChatCompletion, ChatRequest
+from proxy_router.consumer.sessions import ConsumerSession, LocalStatus, SessionManager
 from proxy_router.metrics import Metrics
-from proxy_router.rpc import ErrorCode, RpcError, RpcStream, RpcUnavailable
-from proxy_router.rpc.protocol import MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, SSE_FORMAT
+from proxy_router.morrpc import ErrorCode, RpcError, RpcStream, RpcUnavailable
+from proxy_router.morrpc.protocol import MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, SSE_FORMAT
 
 log = structlog.get_logger(__name__)
 
-# Errors that say "this provider is broken" rather than "your request is wrong" or
-# "busy right now" (NO_CAPACITY is a 429 for the client: the session stays good).
-FAILOVER_CODES = {ErrorCode.BACKEND_UNAVAILABLE, ErrorCode.INTERNAL}
-# Errors that say "this session is over": open a new one with the same provider list.
-SESSION_OVER_CODES = {ErrorCode.SESSION_EXPIRED, ErrorCode.SESSION_CLOSED}
 MAX_ATTEMPTS = 3
 T = TypeVar("T")
 
@@ -81,12 +91,10 @@ class ChatService:
         self.metrics = metrics or Metrics("consumer")
         self._background: set[asyncio.Task[None]] = set()
 
-    def resolve_model(self, name: str) -> dict[str, Any]:
+    def resolve_model(self, name: str) -> Model:
         model = self.index.find_model(name)
-        if model is None or model.get("isDeleted"):
-            raise ApiError(404, "model_not_found",
-                           f"The model `{name}` does not exist on the marketplace",
-                           param="model")
+        if model is None or model.is_deleted:
+            raise ModelNotFound(f"The model `{name}` does not exist on the marketplace")
         return model
 
     async def start(self, req: ChatRequest, session_id: str | None) -> Reply:
@@ -106,9 +114,10 @@ class ChatService:
         self.metrics.observe_answer(self._model_name(reply), ttft_s=None, usage=reply.usage)
 
     async def complete(self, req: ChatRequest, session_id: str | None
-                       ) -> tuple[dict[str, Any], ConsumerSession]:
+                       ) -> tuple[ChatCompletion, ConsumerSession]:
         """A whole non-streamed answer. Nothing reaches the client before it is
-        complete, so a provider failing at any point is failed over."""
+        complete, so a provider failing at any point is failed over (but not one whose
+        well-formed answer is no chat completion: that is reported)."""
         async def whole(reply: Reply) -> tuple[dict[str, Any], ConsumerSession]:
             try:
                 async for _ in reply.stream:  # the signed trailer checks integrity
@@ -123,20 +132,24 @@ class ChatService:
             if not isinstance(body, dict):
                 raise RpcError(ErrorCode.BACKEND_ERROR, "provider sent a non-object answer")
             return body, reply.session
-        return await self._with_failover(req, session_id, whole)
+        body, session = await self._with_failover(req, session_id, whole)
+        try:
+            return ChatCompletion.model_validate(body), session
+        except ValidationError as exc:
+            raise BadProviderResponse(f"provider {session.provider} sent an invalid "
+                                      f"completion: {exc.errors()[0]['msg']}") from None
 
     def _model_name(self, reply: Reply) -> str:
-        model = self.index.models.get(reply.session.model_id.lower()) or {}
-        return str(model.get("name") or reply.session.model_id)
+        model = self.index.models.get(reply.session.model_id.lower())
+        return model.name if model is not None and model.name else reply.session.model_id
 
     async def _with_failover(self, req: ChatRequest, session_id: str | None,
                              consume: Callable[[Reply], Awaitable[T]]) -> T:
-        model_id = self.resolve_model(req.model)["id"]
+        model_id = self.resolve_model(req.model).id
         payload = json.dumps(req.upstream_body()).encode()
         if len(payload) > MAX_PAYLOAD_BYTES:  # would not fit one frame once sealed
-            raise ApiError(413, "request_too_large",
-                           f"the request is {len(payload)} bytes; a prompt may be at most "
-                           f"{MAX_PAYLOAD_BYTES} bytes", param="messages")
+            raise RequestTooLarge(f"the request is {len(payload)} bytes; a prompt may be at "
+                                  f"most {MAX_PAYLOAD_BYTES} bytes")
         explicit = self._explicit_session(session_id, model_id) if session_id else None
         exclude: set[str] = set()
         last_error = "no attempt made"
@@ -144,55 +157,48 @@ class ChatService:
             try:
                 session = explicit or await self.sessions.session_for_model(
                     model_id, self.session_duration, exclude)
-            except ApiError as exc:
+            except ConsumerError as exc:
                 if not exclude:
                     raise
                 # Every remaining provider was tried: report why the last one failed.
-                raise ApiError(503, "no_provider_available",
-                               f"no provider could serve the request; last error: "
-                               f"{last_error}; {exc.message}", type_="api_error") from None
+                raise NoProviderAvailable(f"no provider could serve the request; last error: "
+                                          f"{last_error}; {exc}") from None
             self.sessions.touch(session.session_id)
             try:
                 return await consume(await self._attempt(session, payload))
-            except RpcError as exc:
-                last_error = f"{session.provider}: {exc.code}: {exc.message}"
-                if explicit is not None or exc.code not in FAILOVER_CODES | SESSION_OVER_CODES:
-                    raise ApiError.from_rpc(exc) from None
-                if exc.code in SESSION_OVER_CODES:
-                    session.status = "closed"
+            except (RpcError, RpcUnavailable, TimeoutError) as exc:
+                last_error = _describe(session, exc)
+                step = verdict(exc)
+                if step is Verdict.SURFACE or (explicit is not None and isinstance(exc, RpcError)):
+                    raise
+                if explicit is not None:  # the client chose this provider: no other
+                    raise ProviderUnavailable(last_error) from None
+                if step is Verdict.REOPEN:
+                    session.status = LocalStatus.CLOSED
                     continue
-            except (RpcUnavailable, TimeoutError) as exc:
-                last_error = f"{session.provider}: {type(exc).__name__}: {exc}"
-                if explicit is not None:
-                    raise ApiError(503, "provider_unavailable", last_error,
-                                   type_="api_error") from None
-            if not self.failover:
-                raise ApiError(503, "provider_unavailable", last_error, type_="api_error")
+                if not self.failover:
+                    raise ProviderUnavailable(last_error) from None
             log.warning("failover", session=session.session_id, provider=session.provider,
                         reason=last_error)
             exclude.add(session.provider.lower())
             self.drop(session)
-        raise ApiError(503, "no_provider_available",
-                       f"no provider could serve the request; last error: {last_error}",
-                       type_="api_error")
+        raise NoProviderAvailable(f"no provider could serve the request; last error: "
+                                  f"{last_error}")
 
     def drop(self, session: ConsumerSession) -> None:
         """Stop using a failed provider's session; settle it in the background."""
-        if session.status == "open":
-            session.status = "closing"
+        if session.status is LocalStatus.OPEN:
+            session.status = LocalStatus.CLOSING
             task = asyncio.create_task(self.sessions.discard(session))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
     def _explicit_session(self, session_id: str, model_id: str) -> ConsumerSession:
         session = self.sessions.sessions.get(session_id.lower())
-        if session is None or session.status != "open":
-            raise ApiError(404, "session_not_found",
-                           f"no open session {session_id} of this wallet", param="session_id")
+        if session is None or session.status is not LocalStatus.OPEN:
+            raise NoOpenSession(f"no open session {session_id} of this wallet")
         if session.model_id.lower() != model_id.lower():
-            raise ApiError(400, "session_model_mismatch",
-                           f"session {session_id} is for model {session.model_id}",
-                           param="model")
+            raise SessionModelMismatch(f"session {session_id} is for model {session.model_id}")
         return session
 
     async def _attempt(self, session: ConsumerSession, payload: bytes) -> Reply:
@@ -202,9 +208,8 @@ class ChatService:
             async with asyncio.timeout(self.first_token_timeout):
                 await session.turns.acquire()
         except TimeoutError:
-            raise ApiError(429, "session_busy",
-                           f"session {session.session_id} is still answering earlier prompts",
-                           type_="rate_limit_error", headers={"Retry-After": "1"}) from None
+            raise SessionBusy(f"session {session.session_id} is still answering earlier "
+                              "prompts") from None
         try:
             return await self._send(session, payload)
         except BaseException:
@@ -227,3 +232,10 @@ class ChatService:
             await stream.aclose()
             raise
         return Reply(session, stream, first)
+
+
+def _describe(session: ConsumerSession, exc: BaseException) -> str:
+    """A failed attempt, for logs and for the client's error when all attempts failed."""
+    if isinstance(exc, RpcError):
+        return f"{session.provider}: {exc.code}: {exc.message}"
+    return f"{session.provider}: {type(exc).__name__}: {exc}"

@@ -4,38 +4,29 @@
 status codes an OpenAI client expects (400 bad request, 401 auth, 403 refused
 origin, 404 unknown model, 402 for insufficient MOR, 429 no capacity,
 502/503/504 upstream trouble).
+
+``HTTP_ERRORS`` is the one table from a failure (a domain error of
+``domain_errors.py``, a MOR-RPC ``ErrorCode``, a chain or transport error) to what
+the client sees; the API's error middleware applies it, so the rest of the
+consumer raises what went wrong and never an HTTP status.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from proxy_router.rpc.errors import ErrorCode, RpcError
+from proxy_router.chain.errors import ChainError, ChainUnavailable, ContractReverted
+from proxy_router.consumer import domain_errors as d
+from proxy_router.morrpc.errors import ErrorCode, RpcError, RpcUnavailable
+from proxy_router.redact import redact_text
 
-# MOR-RPC error code → (HTTP status, OpenAI error type)
-RPC_STATUS: dict[str, tuple[int, str]] = {
-    ErrorCode.BAD_REQUEST: (400, "invalid_request_error"),
-    ErrorCode.SESSION_NOT_FOUND: (404, "invalid_request_error"),
-    ErrorCode.SESSION_CLOSED: (409, "invalid_request_error"),
-    ErrorCode.SESSION_EXPIRED: (409, "invalid_request_error"),
-    ErrorCode.NOT_SESSION_USER: (403, "permission_error"),
-    ErrorCode.WRONG_PROVIDER: (409, "invalid_request_error"),
-    ErrorCode.MODEL_NOT_SERVED: (404, "invalid_request_error"),
-    ErrorCode.NO_CAPACITY: (429, "rate_limit_error"),
-    ErrorCode.SESSION_BUSY: (429, "rate_limit_error"),
-    ErrorCode.RATE_LIMITED: (429, "rate_limit_error"),
-    ErrorCode.TOO_MANY_APPROVALS: (429, "rate_limit_error"),
-    ErrorCode.INSUFFICIENT_FUNDS: (402, "insufficient_funds"),
-    ErrorCode.PAYLOAD_TOO_LARGE: (413, "invalid_request_error"),
-    ErrorCode.CHAIN_UNAVAILABLE: (503, "api_error"),
-    ErrorCode.BACKEND_UNAVAILABLE: (503, "api_error"),
-    ErrorCode.BACKEND_ERROR: (502, "api_error"),
-}
+INVALID, API, RATE = "invalid_request_error", "api_error", "rate_limit_error"
 
 
 class ErrorDetail(BaseModel):
@@ -52,8 +43,11 @@ class ErrorResponse(BaseModel):
 
 
 class ApiError(Exception):
+    """An error as the client receives it; raised directly only for HTTP-level faults
+    (a malformed body, path or credential), everything else comes from the table."""
+
     def __init__(self, status: int, code: str, message: str, *,
-                 type_: str = "invalid_request_error", param: str | None = None,
+                 type_: str = INVALID, param: str | None = None,
                  headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
@@ -74,11 +68,112 @@ class ApiError(Exception):
         """The same error as one SSE frame, for failures after a stream has started."""
         return b"data: " + json.dumps(self.body()).encode() + b"\n\n"
 
-    @classmethod
-    def from_rpc(cls, exc: RpcError) -> ApiError:
-        status, type_ = RPC_STATUS.get(exc.code, (502, "api_error"))
-        return cls(status, str(exc.code).lower(), exc.message, type_=type_)
-
 
 def bad_request(message: str, param: str | None = None, code: str = "invalid_request") -> ApiError:
     return ApiError(400, code, message, param=param)
+
+
+def _text(exc: Exception) -> str:
+    return exc.message if isinstance(exc, RpcError) else str(exc)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpError:
+    """How one kind of failure is answered. ``message`` turns the exception into the
+    client's text (its own by default); ``log`` names a warning to log first."""
+
+    status: int
+    code: str
+    type: str = INVALID
+    param: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    message: Callable[[Any], str] = _text
+    log: str | None = None
+
+    def api_error(self, exc: Exception) -> ApiError:
+        return ApiError(self.status, self.code, self.message(exc), type_=self.type,
+                        param=self.param, headers=self.headers)
+
+
+HTTP_ERRORS: dict[type[Exception] | ErrorCode, HttpError] = {
+    # The consumer's own failures (domain_errors.py).
+    d.ModelNotFound: HttpError(404, "model_not_found", param="model"),
+    d.BidNotFound: HttpError(404, "bid_not_found", param="bid"),
+    d.SessionNotFound: HttpError(404, "session_not_found"),
+    d.NoOpenSession: HttpError(404, "session_not_found", param="session_id"),
+    d.SessionModelMismatch: HttpError(400, "session_model_mismatch", param="model"),
+    d.RequestTooLarge: HttpError(413, "request_too_large", param="messages"),
+    d.NotSessionUser: HttpError(403, "not_session_user"),
+    d.SessionClosed: HttpError(409, "session_closed"),
+    d.BidNotActive: HttpError(409, "bid_not_active"),
+    d.InsufficientMor: HttpError(402, "insufficient_mor", "insufficient_funds"),
+    d.OpenSessionReverted: HttpError(409, "open_session_reverted"),
+    d.NoBids: HttpError(503, "no_bids", API),
+    d.NoProviderAvailable: HttpError(503, "no_provider_available", API),
+    d.ProviderUnavailable: HttpError(503, "provider_unavailable", API),
+    d.SessionBusy: HttpError(429, "session_busy", RATE, headers={"Retry-After": "1"}),
+    d.BadProviderResponse: HttpError(502, "bad_provider_response", API),
+    # MOR-RPC errors from a provider (or raised here about its answer): the code,
+    # lower-cased, is the client's code.
+    ErrorCode.BAD_REQUEST: HttpError(400, "bad_request"),
+    ErrorCode.BAD_SIGNATURE: HttpError(502, "bad_signature", API),
+    ErrorCode.STALE_MESSAGE: HttpError(502, "stale_message", API),
+    ErrorCode.REPLAYED_MESSAGE: HttpError(502, "replayed_message", API),
+    ErrorCode.RATE_LIMITED: HttpError(429, "rate_limited", RATE),
+    ErrorCode.UNKNOWN_METHOD: HttpError(502, "unknown_method", API),
+    ErrorCode.SESSION_NOT_FOUND: HttpError(404, "session_not_found"),
+    ErrorCode.SESSION_CLOSED: HttpError(409, "session_closed"),
+    ErrorCode.SESSION_EXPIRED: HttpError(409, "session_expired"),
+    ErrorCode.NOT_SESSION_USER: HttpError(403, "not_session_user", "permission_error"),
+    ErrorCode.WRONG_PROVIDER: HttpError(409, "wrong_provider"),
+    ErrorCode.MODEL_NOT_SERVED: HttpError(404, "model_not_served"),
+    ErrorCode.NO_CAPACITY: HttpError(429, "no_capacity", RATE),
+    ErrorCode.SESSION_BUSY: HttpError(429, "session_busy", RATE),
+    ErrorCode.INSUFFICIENT_FUNDS: HttpError(402, "insufficient_funds", "insufficient_funds"),
+    ErrorCode.TOO_MANY_APPROVALS: HttpError(429, "too_many_approvals", RATE),
+    ErrorCode.PAYLOAD_TOO_LARGE: HttpError(413, "payload_too_large"),
+    ErrorCode.BID_NOT_FOUND: HttpError(502, "bid_not_found", API),
+    ErrorCode.BACKEND_UNAVAILABLE: HttpError(503, "backend_unavailable", API),
+    ErrorCode.BACKEND_ERROR: HttpError(502, "backend_error", API),
+    ErrorCode.CHAIN_UNAVAILABLE: HttpError(503, "chain_unavailable", API),
+    ErrorCode.DECRYPTION_FAILED: HttpError(502, "decryption_failed", API),
+    ErrorCode.STREAM_INTEGRITY: HttpError(502, "stream_integrity", API),
+    ErrorCode.FLOW_CONTROL: HttpError(502, "flow_control", API),
+    ErrorCode.INTERNAL: HttpError(502, "internal", API),
+    # The provider or the chain out of reach; their text may quote a URL and its API
+    # key, so it is redacted or replaced.
+    RpcUnavailable: HttpError(503, "provider_unavailable", API,
+                              message=lambda exc: redact_text(str(exc))),
+    ChainUnavailable: HttpError(503, "chain_unavailable", API, log="chain_unavailable",
+                                message=lambda _: "the chain RPC is unreachable; retry later"),
+    ContractReverted: HttpError(409, "transaction_reverted",
+                                message=lambda exc: f"the contract refused: {exc.reason}"),
+    ChainError: HttpError(502, "chain_error", API, log="chain_error",
+                          message=lambda _: "the chain RPC answered with an error"),
+}
+
+
+def internal_error() -> ApiError:
+    return ApiError(500, "internal_error", "internal error", type_=API)
+
+
+def rule_for(exc: Exception) -> HttpError | None:
+    """The table's row for ``exc`` (its most specific class's; an ``RpcError`` by its
+    code, a newer peer's unknown code as a 502), ``None`` for an unexpected error."""
+    if isinstance(exc, RpcError):
+        if isinstance(exc.code, ErrorCode):
+            return HTTP_ERRORS[exc.code]
+        return HttpError(502, str(exc.code).lower(), API)
+    for cls in type(exc).__mro__:
+        rule = HTTP_ERRORS.get(cls)
+        if rule is not None:
+            return rule
+    return None
+
+
+def to_api_error(exc: Exception) -> ApiError:
+    """``exc`` as the client sees it: from the table, else a 500."""
+    if isinstance(exc, ApiError):
+        return exc
+    rule = rule_for(exc)
+    return internal_error() if rule is None else rule.api_error(exc)

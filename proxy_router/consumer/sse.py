@@ -1,10 +1,10 @@
 """Stream chunks from the provider as the client's `text/event-stream` bytes.
 
-A provider that was asked for ``format: "sse"`` sends each stream chunk as ready-to-write
-SSE bytes: one or more ``data: <json>\\n\\n`` events (every event one backend read
-brought), each JSON on one line. The consumer writes them to the client as they are;
-the only per-chunk work is a byte search for ``"usage"``, which is rare (the last event
-of a stream). An older provider sends one event's bare JSON per chunk: ``as_sse`` wraps it.
+A provider sends each stream chunk as ready-to-write SSE bytes (MOR-RPC version 1 has
+no other chunk format): one or more ``data: <json>\\n\\n`` events (every event one
+backend read brought), each JSON on one line. The consumer writes them to the client as
+they are; the only per-chunk work is a byte search for ``"usage"``, which is rare (the
+last event of a stream), and ``checked_sse``'s prefix check.
 """
 
 from __future__ import annotations
@@ -12,18 +12,19 @@ from __future__ import annotations
 from typing import Any
 
 from proxy_router import bounded_json
-from proxy_router.rpc.protocol import MAX_FRAME_BYTES
+from proxy_router.morrpc.errors import ErrorCode, RpcError
+from proxy_router.morrpc.protocol import MAX_FRAME_BYTES
 
 _PREFIX = b"data: "
 _END = b"\n\n"
 USAGE_KEY = b'"usage"'
 
 
-def as_sse(chunk: bytes) -> bytes:
-    """A stream chunk as SSE bytes, whichever format the provider sent."""
-    if chunk.startswith(b"data:"):
-        return chunk
-    return _PREFIX + chunk + _END
+def checked_sse(chunk: bytes) -> bytes:
+    """The chunk, if it is SSE; anything else would corrupt the client's event stream."""
+    if not chunk.startswith(_PREFIX):
+        raise RpcError(ErrorCode.BACKEND_ERROR, "provider sent a stream chunk that is not SSE")
+    return chunk
 
 
 def _event(raw: bytes) -> dict[str, Any] | None:

@@ -2,14 +2,14 @@
 
 The model runs in a child process — `python -m llama_cpp.server` — rather than in
 the router's process: inference holds the GIL and CPU for long stretches, and a
-crash in native code must not take the router down. The child gets its own process
-group so that stopping it also stops anything it spawned, and its output goes to a
-log file whose tail is quoted when it fails to start.
+crash in native code must not take the router down. It is spawned and stopped by
+``proxy_router.process`` (its own process group, so stopping it also stops anything
+it spawned), and its output goes to a log file whose tail is quoted when it fails
+to start.
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import os
@@ -18,17 +18,24 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import aiohttp
 
-from proxy_router.testing.ports import free_port
+from proxy_router.ports import free_port
+from proxy_router.process import (
+    LOG_TAIL_BYTES,
+    ManagedProcess,
+    StartupError,
+    log_tail,
+    spawn,
+    wait_until_async,
+)
 
 if TYPE_CHECKING:
     from proxy_router.provider.models_config import ModelConfig
 
 _POLL_INTERVAL_S = 0.25
-_LOG_TAIL_BYTES = 4000
 _live: set[EmbeddedLlamaServer] = set()
 
 
@@ -70,8 +77,7 @@ class EmbeddedLlamaServer:
         self.extra_args = dict(extra_args or {})
         self.startup_timeout = startup_timeout
         self.log_path = Path(log_path) if log_path else self._default_log_path()
-        self._proc: asyncio.subprocess.Process | None = None
-        self._log: IO[bytes] | None = None
+        self._proc: ManagedProcess | None = None
 
     @classmethod
     def from_config(cls, model: ModelConfig, **kwargs: object) -> EmbeddedLlamaServer:
@@ -103,7 +109,7 @@ class EmbeddedLlamaServer:
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
+        return self._proc is not None and self._proc.running
 
     def command(self) -> list[str]:
         """The child's argv. `interrupt_requests` is off: by default llama_cpp.server
@@ -124,19 +130,9 @@ class EmbeddedLlamaServer:
             cmd += [f"--{key}", _flag_value(value)]
         return cmd
 
-    def _open_log(self) -> IO[bytes]:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        return self.log_path.open("wb")
-
-    def log_tail(self, max_bytes: int = _LOG_TAIL_BYTES) -> str:
+    def log_tail(self, max_bytes: int = LOG_TAIL_BYTES) -> str:
         """Last part of the server's log, for error messages."""
-        try:
-            with self.log_path.open("rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, fh.tell() - max_bytes))
-                return fh.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return log_tail(self.log_path, max_bytes)
 
     async def start(self) -> str:
         """Launch the server and wait until `GET /v1/models` answers; return base_url."""
@@ -144,67 +140,46 @@ class EmbeddedLlamaServer:
             return self.base_url
         if not self.gguf_path.is_file():
             raise LlamaServerError(f"GGUF file not found: {self.gguf_path}")
-        self._log = self._open_log()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self._proc = await asyncio.create_subprocess_exec(
-            *self.command(),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+        # Spawning is a fork+exec, quick enough to do on the loop; the wait is async.
+        self._proc = spawn(self.command(), name="llama_cpp.server", env=env,
+                           log_path=self.log_path, append=False)
         _live.add(self)
         try:
-            await self._wait_ready()
+            await self._wait_ready(self._proc)
+        except StartupError as exc:
+            await self.stop()
+            raise LlamaServerError(str(exc)) from exc
         except BaseException:
             await self.stop()
             raise
         return self.base_url
 
-    async def _wait_ready(self) -> None:
-        assert self._proc is not None
+    async def _wait_ready(self, proc: ManagedProcess) -> None:
         url = self.base_url + "/models"
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.startup_timeout
         probe_timeout = aiohttp.ClientTimeout(total=2.0)
         async with aiohttp.ClientSession(timeout=probe_timeout) as http:
-            while True:
-                if self._proc.returncode is not None:
-                    raise LlamaServerError(
-                        f"llama_cpp.server exited with code {self._proc.returncode} "
-                        f"before it was ready (log {self.log_path}):\n{self.log_tail()}"
-                    )
+
+            async def answers() -> bool:
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with http.get(url) as resp:
-                        if resp.status == 200:
-                            return
-                if loop.time() >= deadline:
-                    raise LlamaServerError(
-                        f"llama_cpp.server not ready on {url} after {self.startup_timeout:g} s "
-                        f"(log {self.log_path}):\n{self.log_tail()}"
-                    )
-                await asyncio.sleep(_POLL_INTERVAL_S)
+                        return resp.status == 200
+                return False
+
+            await wait_until_async(answers, self.startup_timeout, f"llama_cpp.server on {url}",
+                                   process=proc, interval=_POLL_INTERVAL_S)
 
     async def stop(self, grace: float = 5.0) -> None:
         """SIGTERM the process group, SIGKILL it after `grace` seconds."""
         proc, self._proc = self._proc, None
         _live.discard(self)
-        if proc is not None and proc.returncode is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), grace)
-            except TimeoutError:
-                _signal_group(proc.pid, signal.SIGKILL)
-                await proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        if proc is not None:
+            await proc.stop_async(grace)
 
     def kill_now(self) -> None:
         """Synchronous last resort (interpreter exit): SIGKILL the group."""
-        if self._proc is not None and self._proc.returncode is None:
-            _signal_group(self._proc.pid, signal.SIGKILL)
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGKILL)
 
     async def __aenter__(self) -> EmbeddedLlamaServer:
         await self.start()
@@ -212,11 +187,6 @@ class EmbeddedLlamaServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)  # start_new_session made pid the group id
 
 
 @atexit.register

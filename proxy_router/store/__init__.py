@@ -1,1 +1,1 @@
-
+"""Local persistent state (SQLite): the market checkpoint, sessions, usage."""

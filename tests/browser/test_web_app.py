@@ -13,7 +13,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from proxy_router.devnet import DevnetState
+from proxy_router.dev.devnet import DevnetState
 from tests.browser.conftest import skip_without_chromium
 
 skip_without_chromium()

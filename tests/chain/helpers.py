@@ -22,7 +22,8 @@ from proxy_router.chain.deploy import Deployment
 from proxy_router.chain.encoding import Approval, Receipt, sign_blob
 from proxy_router.chain.errors import ContractReverted
 from proxy_router.chain.marketplace import Marketplace, to_bytes32
-from proxy_router.testing.anvil import Anvil, dev_address, rpc
+from proxy_router.chain.types import Bid, Model, Provider, ProviderModelStats, Session
+from proxy_router.dev.anvil import Anvil, dev_address, rpc
 
 # Anvil dev accounts, as in tests/conftest.py.
 DEPLOYER, PROVIDER, USER, OTHER, FEE_RECIPIENT = 0, 1, 2, 3, 9
@@ -90,6 +91,14 @@ def same_address(a: str, b: str) -> bool:
     return a.lower() == b.lower()
 
 
+def as_view(record: Provider | Model | Bid | Session | ProviderModelStats) -> dict[str, Any]:
+    """A view's record in the contract struct's camelCase form (as the API shows it),
+    without the id the record adds."""
+    data = record.to_json()
+    data.pop("id", None)
+    return data
+
+
 async def latest_timestamp(market: Marketplace) -> int:
     block = await market.client.w3.eth.get_block("latest")
     return int(block["timestamp"])
@@ -148,7 +157,7 @@ async def onboard(provider: Marketplace, *, price: int = PRICE,
     """Register ``provider`` (unless it already is), a fresh model (unless ``model_id`` is given;
     owned by ``model_owner`` or the provider) and post a bid at ``price``."""
     info = await provider.get_provider(addr(provider))
-    if info["createdAt"] == 0 or info["isDeleted"]:
+    if info.created_at == 0 or info.is_deleted:
         await provider.register_provider(stake, endpoint)
     if model_id is None:
         model_id, _ = await register_model(model_owner or provider)
@@ -234,9 +243,9 @@ async def close_by_provider(provider: Marketplace, session_id: str) -> TxResult:
 
 def earned(session: Mapping[str, Any]) -> int:
     """(min(closedAt, endsAt) - openedAt) * pricePerSecond, from a closed session's fields."""
-    assert session["closedAt"] != 0
-    until = min(session["closedAt"], session["endsAt"])
-    return int((until - session["openedAt"]) * session["pricePerSecond"])
+    assert session.closed_at != 0
+    until = min(session.closed_at, session.ends_at)
+    return int((until - session.opened_at) * session.price_per_second)
 
 
 # ---------------------------------------------------------------------- balances

@@ -12,6 +12,7 @@ from .helpers import (
     Ledger,
     Offer,
     addr,
+    as_view,
     bid_id_of,
     hex32,
     latest_timestamp,
@@ -61,7 +62,7 @@ async def test_first_bid_id_is_keccak_of_provider_model_and_nonce_zero(
     event = tx.event("BidPosted")
     assert same_address(event["provider"], addr(provider))
     assert hex32(event["modelId"]) == model_id
-    assert await provider.get_bid(bid_id) == {
+    assert as_view(await provider.get_bid(bid_id)) == {
         "provider": addr(provider),
         "modelId": model_id,
         "pricePerSecond": PRICE,
@@ -105,13 +106,13 @@ async def test_second_bid_on_the_same_model_replaces_the_first(provider: Marketp
     assert [name for name, _ in tx.events] == ["BidDeleted", "BidPosted", "Transfer"]
     assert hex32(tx.event("BidDeleted")["bidId"]) == first.bid_id
     assert hex32(tx.event("BidPosted")["bidId"]) == second_id
-    assert (await provider.get_bid(first.bid_id))["deletedAt"] == await latest_timestamp(provider)
-    assert (await provider.get_bid(second_id))["nonce"] == 1
+    assert (await provider.get_bid(first.bid_id)).deleted_at == await latest_timestamp(provider)
+    assert (await provider.get_bid(second_id)).nonce == 1
     assert await active_bid_id(provider, addr(provider), first.model_id) == second_id
     assert await active_by_model(provider, first.model_id) == [second_id]
     assert await active_by_provider(provider, addr(provider)) == [second_id]
-    assert (await provider.get_model(first.model_id))["activeBids"] == 1
-    assert (await provider.get_provider(addr(provider)))["activeBids"] == 1
+    assert (await provider.get_model(first.model_id)).active_bids == 1
+    assert (await provider.get_provider(addr(provider))).active_bids == 1
 
 
 async def test_bid_after_a_deleted_bid_takes_the_next_nonce(provider: Marketplace) -> None:
@@ -131,7 +132,7 @@ async def test_provider_deletes_its_bid(provider: Marketplace, offer: Offer) -> 
     assert same_address(event["provider"], offer.provider)
     assert hex32(event["modelId"]) == offer.model_id
     assert hex32(event["bidId"]) == offer.bid_id
-    assert (await provider.get_bid(offer.bid_id))["deletedAt"] == await latest_timestamp(provider)
+    assert (await provider.get_bid(offer.bid_id)).deleted_at == await latest_timestamp(provider)
     assert await active_bid_id(provider, offer.provider, offer.model_id) == ZERO_ID
     assert await active_by_model(provider, offer.model_id) == []
     assert await active_by_provider(provider, offer.provider) == []
@@ -141,7 +142,7 @@ async def test_contract_owner_deletes_any_bid(owner: Marketplace, offer: Offer) 
     tx = await delete_bid(owner, offer.bid_id)
 
     assert same_address(tx.event("BidDeleted")["provider"], offer.provider)
-    assert (await owner.get_bid(offer.bid_id))["deletedAt"] != 0
+    assert (await owner.get_bid(offer.bid_id)).deleted_at != 0
 
 
 async def test_delete_bid_rejects_anyone_but_its_provider_and_the_owner(
@@ -167,8 +168,8 @@ async def test_delete_bid_rejects_an_already_deleted_bid(provider: Marketplace,
 async def test_post_bid_accepts_the_price_bounds_themselves(provider: Marketplace) -> None:
     low = await onboard(provider, price=MIN_PRICE)
     high = await onboard(provider, price=MAX_PRICE)
-    assert (await provider.get_bid(low.bid_id))["pricePerSecond"] == MIN_PRICE
-    assert (await provider.get_bid(high.bid_id))["pricePerSecond"] == MAX_PRICE
+    assert (await provider.get_bid(low.bid_id)).price_per_second == MIN_PRICE
+    assert (await provider.get_bid(high.bid_id)).price_per_second == MAX_PRICE
 
 
 async def test_post_bid_rejects_a_price_below_the_minimum(provider: Marketplace) -> None:
@@ -216,5 +217,5 @@ async def test_post_bid_rejects_a_deregistered_model(provider: Marketplace) -> N
 async def test_provider_may_bid_on_a_model_it_does_not_own(provider: Marketplace,
                                                            other: Marketplace) -> None:
     offer = await onboard(provider, model_owner=other)
-    assert (await provider.get_model(offer.model_id))["owner"] == addr(other)
+    assert (await provider.get_model(offer.model_id)).owner == addr(other)
     assert await active_by_model(provider, offer.model_id) == [offer.bid_id]

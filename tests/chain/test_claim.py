@@ -34,7 +34,7 @@ async def test_claim_after_the_dispute_window_pays_exactly_the_held_amount(
     chain: ChainHandle, provider: Marketplace, user: Marketplace, offer: Offer,
 ) -> None:
     session_id = await disputed_session(chain, provider, user, offer)
-    held = (await user.get_session(session_id))["held"]
+    held = (await user.get_session(session_id)).held
     assert held > 0
     chain.increase_time(DAY + 1)
     ledger = await Ledger(user, user=addr(user), provider=addr(provider)).open()
@@ -48,15 +48,15 @@ async def test_claim_after_the_dispute_window_pays_exactly_the_held_amount(
     assert await ledger.deltas() == {"contract": -held, "fee_recipient": 0, "user": 0,
                                      "provider": held}
     session = await user.get_session(session_id)
-    assert (session["claimed"], session["held"]) == (True, 0)
-    assert session["providerEarned"] == held
+    assert (session.claimed, session.held) == (True, 0)
+    assert session.provider_earned == held
 
 
 async def test_claim_is_possible_exactly_at_release_time(
     chain: ChainHandle, provider: Marketplace, user: Marketplace, offer: Offer,
 ) -> None:
     session_id = await disputed_session(chain, provider, user, offer)
-    release_at = (await user.get_session(session_id))["releaseAt"]
+    release_at = (await user.get_session(session_id)).release_at
     set_next_block_timestamp(chain, release_at)
 
     # Explicit gas: estimation would run at the latest block's time, one second early.
@@ -64,14 +64,14 @@ async def test_claim_is_possible_exactly_at_release_time(
                                    bytes.fromhex(session_id[2:]), gas=200_000)
 
     assert await latest_timestamp(user) == release_at
-    assert (await user.get_session(session_id))["claimed"] is True
+    assert (await user.get_session(session_id)).claimed is True
 
 
 async def test_claim_rejects_before_the_dispute_window_has_passed(
     chain: ChainHandle, provider: Marketplace, user: Marketplace, offer: Offer,
 ) -> None:
     session_id = await disputed_session(chain, provider, user, offer)
-    release_at = (await user.get_session(session_id))["releaseAt"]
+    release_at = (await user.get_session(session_id)).release_at
     chain.increase_time(DAY - 3600)
     with reverts("ClaimNotReleased", releaseAt=release_at):
         await provider.claim_for_provider(session_id)
@@ -120,12 +120,12 @@ async def test_claim_rejects_a_dispute_closed_in_the_opening_second_as_nothing_e
     chain: ChainHandle, provider: Marketplace, user: Marketplace, offer: Offer,
 ) -> None:
     session_id, _ = await open_session(user, provider, offer.bid_id)
-    opened_at = (await user.get_session(session_id))["openedAt"]
+    opened_at = (await user.get_session(session_id)).opened_at
     set_next_block_timestamp(chain, opened_at)
     await close_disputed(user, session_id)
     session = await user.get_session(session_id)
-    assert session["closedAt"] == opened_at
-    assert (session["providerEarned"], session["held"]) == (0, 0)
+    assert session.closed_at == opened_at
+    assert (session.provider_earned, session.held) == (0, 0)
     chain.increase_time(DAY + 1)
     with reverts("NothingToClaim"):
         await provider.claim_for_provider(session_id)

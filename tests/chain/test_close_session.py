@@ -34,14 +34,14 @@ async def test_user_closes_with_the_providers_receipt_and_the_session_settles(
     tx = await close_settled(user, provider, session_id)
 
     session = await user.get_session(session_id)
-    assert session["closedAt"] == await latest_timestamp(user)
-    elapsed = session["closedAt"] - session["openedAt"]
+    assert session.closed_at == await latest_timestamp(user)
+    elapsed = session.closed_at - session.opened_at
     assert 600 <= elapsed < 3600
-    assert session["providerEarned"] == elapsed * PRICE
-    assert session["userRefund"] == ONE_HOUR_STAKE - elapsed * PRICE
-    assert session["held"] == 0
-    assert session["releaseAt"] == 0
-    assert (session["closed"], session["disputed"], session["claimed"]) == (True, False, False)
+    assert session.provider_earned == elapsed * PRICE
+    assert session.user_refund == ONE_HOUR_STAKE - elapsed * PRICE
+    assert session.held == 0
+    assert session.release_at == 0
+    assert (session.closed, session.disputed, session.claimed) == (True, False, False)
     closed = tx.event("SessionClosed")
     assert hex32(closed["sessionId"]) == session_id
     assert same_address(closed["user"], addr(user))
@@ -64,13 +64,13 @@ async def test_user_closing_with_its_own_receipt_disputes_and_holds_the_provider
     tx = await close_disputed(user, session_id)
 
     session = await user.get_session(session_id)
-    elapsed = session["closedAt"] - session["openedAt"]
-    assert session["providerEarned"] == elapsed * PRICE
-    assert session["held"] == elapsed * PRICE
-    assert session["userRefund"] == ONE_HOUR_STAKE - elapsed * PRICE
-    assert session["releaseAt"] == session["closedAt"] + await user.param("disputeWindow")
+    elapsed = session.closed_at - session.opened_at
+    assert session.provider_earned == elapsed * PRICE
+    assert session.held == elapsed * PRICE
+    assert session.user_refund == ONE_HOUR_STAKE - elapsed * PRICE
+    assert session.release_at == session.closed_at + await user.param("disputeWindow")
     assert await user.param("disputeWindow") == DAY
-    assert (session["closed"], session["disputed"], session["claimed"]) == (True, True, False)
+    assert (session.closed, session.disputed, session.claimed) == (True, True, False)
     settled = tx.event("SessionSettled")
     assert (settled["providerEarned"], settled["userRefund"], settled["held"],
             settled["disputed"]) == (elapsed * PRICE, ONE_HOUR_STAKE - elapsed * PRICE,
@@ -87,10 +87,10 @@ async def test_provider_closes_an_expired_session_and_earns_the_full_duration(
     tx = await close_by_provider(provider, session_id)
 
     session = await user.get_session(session_id)
-    assert session["closedAt"] > session["endsAt"]
-    assert session["providerEarned"] == ONE_HOUR_STAKE
-    assert session["userRefund"] == PRICE // 2
-    assert (session["disputed"], session["held"]) == (False, 0)
+    assert session.closed_at > session.ends_at
+    assert session.provider_earned == ONE_HOUR_STAKE
+    assert session.user_refund == PRICE // 2
+    assert (session.disputed, session.held) == (False, 0)
     assert tx.event("SessionSettled")["providerEarned"] == ONE_HOUR_STAKE
 
 
@@ -103,10 +103,10 @@ async def test_provider_may_close_early_and_earns_only_the_elapsed_time(
     await close_by_provider(provider, session_id)
 
     session = await user.get_session(session_id)
-    elapsed = session["closedAt"] - session["openedAt"]
+    elapsed = session.closed_at - session.opened_at
     assert 900 <= elapsed < 3600
-    assert session["providerEarned"] == elapsed * PRICE
-    assert session["userRefund"] == ONE_HOUR_STAKE - elapsed * PRICE
+    assert session.provider_earned == elapsed * PRICE
+    assert session.user_refund == ONE_HOUR_STAKE - elapsed * PRICE
 
 
 async def test_close_long_after_the_end_caps_earnings_at_the_staked_duration(
@@ -118,9 +118,9 @@ async def test_close_long_after_the_end_caps_earnings_at_the_staked_duration(
     tx = await close_settled(user, provider, session_id)
 
     session = await user.get_session(session_id)
-    assert session["closedAt"] - session["openedAt"] >= 30 * DAY
-    assert session["providerEarned"] == ONE_HOUR_STAKE
-    assert session["userRefund"] == 0
+    assert session.closed_at - session.opened_at >= 30 * DAY
+    assert session.provider_earned == ONE_HOUR_STAKE
+    assert session.user_refund == 0
     assert tx.event("SessionSettled")["userRefund"] == 0
 
 
@@ -205,7 +205,7 @@ async def test_provider_can_still_close_sessions_after_deleting_its_bid_and_dere
     await close_settled(user, provider, session_id)
 
     session = await user.get_session(session_id)
-    assert session["providerEarned"] == (session["closedAt"] - session["openedAt"]) * PRICE
+    assert session.provider_earned == (session.closed_at - session.opened_at) * PRICE
 
 
 async def test_receipt_encoding_round_trips() -> None:

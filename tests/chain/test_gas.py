@@ -1,4 +1,4 @@
-"""The hot paths stay within DESIGN.md §6: openSession <= 200k gas, closeSession <= 150k gas.
+"""The hot paths stay within docs/DESIGN.md §6: openSession <= 200k gas, closeSession <= 150k gas.
 
 bench/gas.py prints the full table; these are the regression guards.
 """

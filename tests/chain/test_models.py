@@ -9,6 +9,7 @@ from .helpers import (
     MOR,
     Ledger,
     addr,
+    as_view,
     hex32,
     latest_timestamp,
     model_id_of,
@@ -45,7 +46,7 @@ async def test_register_model_records_its_fields_and_pulls_the_stake(
                                        name="qwen-7b", tags=["chat", "code"],
                                        ipfs_cid=b"\x07" * 32)
 
-    assert await provider.get_model(model_id) == {
+    assert as_view(await provider.get_model(model_id)) == {
         "owner": addr(provider),
         "baseModelId": hex32(base),
         "ipfsCID": hex32(b"\x07" * 32),
@@ -65,7 +66,7 @@ async def test_registering_the_same_base_model_again_updates_it_and_adds_stake(
 ) -> None:
     base = random_base_model_id()
     model_id, _ = await register_model(provider, base_model_id=base, name="v1", tags=["a"])
-    created = (await provider.get_model(model_id))["createdAt"]
+    created = (await provider.get_model(model_id)).created_at
 
     again, tx = await register_model(provider, base_model_id=base, stake=MOR, name="v2",
                                      tags=["b", "c"], ipfs_cid=b"\x02" * 32)
@@ -73,10 +74,10 @@ async def test_registering_the_same_base_model_again_updates_it_and_adds_stake(
     assert again == model_id
     assert hex32(tx.event("ModelRegistered")["modelId"]) == model_id
     model = await provider.get_model(model_id)
-    assert (model["name"], model["tags"], model["ipfsCID"]) == ("v2", ["b", "c"],
+    assert (model.name, model.tags, model.ipfs_cid) == ("v2", ("b", "c"),
                                                                  hex32(b"\x02" * 32))
-    assert model["stake"] == MODEL_STAKE + MOR
-    assert model["createdAt"] == created
+    assert model.stake == MODEL_STAKE + MOR
+    assert model.created_at == created
 
 
 async def test_register_model_rejects_a_stake_below_the_minimum(provider: Marketplace) -> None:
@@ -119,8 +120,8 @@ async def test_deregister_model_refunds_its_whole_stake(provider: Marketplace) -
     assert await ledger.deltas() == {"contract": -(MODEL_STAKE + 99), "fee_recipient": 0,
                                      "owner": MODEL_STAKE + 99}
     model = await provider.get_model(model_id)
-    assert model["isDeleted"] is True
-    assert model["stake"] == 0
+    assert model.is_deleted is True
+    assert model.stake == 0
 
 
 async def test_deregistered_model_can_be_registered_again_with_a_new_stake(
@@ -137,8 +138,8 @@ async def test_deregistered_model_can_be_registered_again_with_a_new_stake(
 
     assert again == model_id
     model = await provider.get_model(model_id)
-    assert model["isDeleted"] is False
-    assert model["stake"] == MODEL_STAKE
+    assert model.is_deleted is False
+    assert model.stake == MODEL_STAKE
 
 
 async def test_deregister_model_rejects_anyone_but_its_owner(provider: Marketplace,

@@ -78,7 +78,7 @@ async def settle(chain: ChainHandle, provider: Marketplace, user: Marketplace, o
     claimed = 0
     if claim:
         chain.increase_time(DAY + 1)
-        if (await user.get_session(session_id))["held"] == 0:  # closed in the opening second
+        if (await user.get_session(session_id)).held == 0:  # closed in the opening second
             with reverts("NothingToClaim"):
                 await provider.claim_for_provider(session_id)
         else:
@@ -96,12 +96,12 @@ def assert_accounted(s: Settlement, deltas: dict[str, int]) -> None:
     ev = s.settled_event
     assert (ev["providerEarned"], ev["userRefund"]) == (provider_share,
                                                         s.stake - provider_share)
-    assert (s.session["providerEarned"], s.session["userRefund"]) == (
+    assert (s.session.provider_earned, s.session.user_refund) == (
         ev["providerEarned"], ev["userRefund"])
     # escrow in == provider paid + user refunded + held
     paid = deltas["provider"]
     refunded = deltas["user"] + s.stake
-    held = s.session["held"]
+    held = s.session.held
     assert s.stake == paid + refunded + held
     assert deltas["contract"] == held
     assert deltas["fee_recipient"] == 0
@@ -133,20 +133,20 @@ async def test_every_wei_of_the_escrow_is_accounted_for(
                              closer=closer, claim=claim)
 
     assert_accounted(s, deltas)
-    used = min(s.session["closedAt"], s.session["endsAt"]) - s.session["openedAt"]
-    assert used == min(s.session["closedAt"] - s.session["openedAt"], 3600)
+    used = min(s.session.closed_at, s.session.ends_at) - s.session.opened_at
+    assert used == min(s.session.closed_at - s.session.opened_at, 3600)
     assert used >= min(elapsed, 3600)
     share = used * PRICE
     if closer == "disputed" and not claim:
         assert deltas == {"contract": share, "fee_recipient": 0, "user": -share, "provider": 0}
-        assert s.session["held"] == share
+        assert s.session.held == share
     else:
         assert deltas == {"contract": 0, "fee_recipient": 0, "user": -share, "provider": share}
-        assert s.session["held"] == 0
+        assert s.session.held == 0
         assert s.claimed == (share if claim else 0)
     if elapsed > 3600:  # past endsAt: the full staked duration, the remainder back to the user
         assert share == ONE_HOUR_STAKE
-        assert s.session["userRefund"] == PRICE - 1
+        assert s.session.user_refund == PRICE - 1
 
 
 @st.composite
@@ -176,5 +176,5 @@ async def test_escrow_is_conserved_for_any_price_duration_and_elapsed_time(
                                  claim=case["claim"])
 
         assert_accounted(s, deltas)
-        assert s.session["closedAt"] - s.session["openedAt"] >= case["elapsed"]
-        assert s.session["endsAt"] - s.session["openedAt"] == case["stake"] // case["price"]
+        assert s.session.closed_at - s.session.opened_at >= case["elapsed"]
+        assert s.session.ends_at - s.session.opened_at == case["stake"] // case["price"]

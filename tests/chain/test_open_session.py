@@ -15,6 +15,7 @@ from .helpers import (
     Offer,
     account,
     addr,
+    as_view,
     close_settled,
     hex32,
     latest_timestamp,
@@ -49,7 +50,7 @@ async def test_open_session_escrows_the_stake_and_records_the_session(
     assert same_address(event["user"], addr(user))
     assert same_address(event["provider"], offer.provider)
     opened_at = await latest_timestamp(user)
-    assert await user.get_session(session_id) == {
+    assert as_view(await user.get_session(session_id)) == {
         "user": addr(user),
         "provider": offer.provider,
         "bidId": offer.bid_id,
@@ -85,7 +86,7 @@ async def test_open_session_lists_the_session_for_its_user_and_its_provider(
     assert await sessions_of(user, "getSessionsByProvider", offer.provider) == [
         *before_provider, first, second]
     info = await user.get_provider(offer.provider)
-    assert info["sessionCount"] == len(before_provider) + 2
+    assert info.session_count == len(before_provider) + 2
 
 
 async def test_open_session_accepts_an_approval_just_inside_the_ttl(
@@ -93,7 +94,7 @@ async def test_open_session_accepts_an_approval_just_inside_the_ttl(
 ) -> None:
     approval, signature = await sign_approval(provider, offer.bid_id, addr(user), age=TTL - 30)
     session_id, _ = await user.open_session(ONE_HOUR_STAKE, approval, signature)
-    assert (await user.get_session(session_id))["openedAt"] != 0
+    assert (await user.get_session(session_id)).opened_at != 0
 
 
 async def test_open_session_accepts_an_approval_dated_slightly_ahead_of_the_chain(
@@ -103,7 +104,7 @@ async def test_open_session_accepts_an_approval_dated_slightly_ahead_of_the_chai
     approval, signature = await sign_approval(
         provider, offer.bid_id, addr(user), timestamp=await latest_timestamp(user) + 30)
     session_id, _ = await user.open_session(ONE_HOUR_STAKE, approval, signature)
-    assert (await user.get_session(session_id))["openedAt"] != 0
+    assert (await user.get_session(session_id)).opened_at != 0
 
 
 async def test_open_session_accepts_the_session_duration_bounds_themselves(
@@ -112,8 +113,8 @@ async def test_open_session_accepts_the_session_duration_bounds_themselves(
     shortest, _ = await open_session(user, provider, offer.bid_id, 300 * PRICE + PRICE - 1)
     longest, _ = await open_session(user, provider, offer.bid_id, 7 * DAY * PRICE + PRICE - 1)
     short, long = await user.get_session(shortest), await user.get_session(longest)
-    assert short["endsAt"] - short["openedAt"] == 300
-    assert long["endsAt"] - long["openedAt"] == 7 * DAY
+    assert short.ends_at - short.opened_at == 300
+    assert long.ends_at - long.opened_at == 7 * DAY
 
 
 async def test_open_session_accepts_a_signature_with_a_0_or_1_recovery_id(
@@ -123,7 +124,7 @@ async def test_open_session_accepts_a_signature_with_a_0_or_1_recovery_id(
     assert signature[64] in (27, 28)
     session_id, _ = await user.open_session(ONE_HOUR_STAKE, approval,
                                             signature[:64] + bytes([signature[64] - 27]))
-    assert (await user.get_session(session_id))["openedAt"] != 0
+    assert (await user.get_session(session_id)).opened_at != 0
 
 
 async def test_open_session_rejects_an_approval_signed_by_someone_other_than_the_provider(
@@ -258,7 +259,7 @@ async def test_identical_approvals_issued_in_the_same_second_open_only_one_sessi
     with reverts("ApprovalAlreadyUsed"):
         await user.open_session(ONE_HOUR_STAKE, *same)
     session_id, _ = await user.open_session(ONE_HOUR_STAKE, *next_second)
-    assert (await user.get_session(session_id))["openedAt"] != 0
+    assert (await user.get_session(session_id)).opened_at != 0
 
 
 async def test_open_session_rejects_the_provider_as_its_own_user(

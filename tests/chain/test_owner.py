@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from proxy_router.chain.marketplace import Marketplace
-from proxy_router.testing.anvil import dev_address
+from proxy_router.dev.anvil import dev_address
 
 from .helpers import (
     DAY,
@@ -187,8 +187,8 @@ async def test_new_duration_bounds_apply_to_the_next_open(
 ) -> None:
     await owner.client.transact(owner.contract, "setSessionDurationBounds", 60, 120)
     short, _ = await open_session(user, provider, offer.bid_id, 60 * PRICE)
-    assert (await user.get_session(short))["endsAt"] - (await user.get_session(short))[
-        "openedAt"] == 60
+    brief = await user.get_session(short)
+    assert brief.ends_at - brief.opened_at == 60
     approval, signature = await sign_approval(provider, offer.bid_id, addr(user), age=5)
     with reverts("SessionDurationOutOfRange", duration=121):
         await user.open_session(121 * PRICE, approval, signature)
@@ -203,7 +203,7 @@ async def test_new_dispute_window_applies_to_the_next_disputed_close(
     chain.increase_time(60)
     await close_disputed(user, session_id)
     session = await user.get_session(session_id)
-    assert session["releaseAt"] == session["closedAt"] + 2 * DAY
+    assert session.release_at == session.closed_at + 2 * DAY
 
 
 async def test_zero_dispute_window_lets_the_provider_claim_at_once(
@@ -214,7 +214,7 @@ async def test_zero_dispute_window_lets_the_provider_claim_at_once(
     session_id, _ = await open_session(user, provider, offer.bid_id)
     chain.increase_time(60)
     await close_disputed(user, session_id)
-    held = (await user.get_session(session_id))["held"]
+    held = (await user.get_session(session_id)).held
 
     tx = await provider.claim_for_provider(session_id)
 

@@ -9,6 +9,7 @@ from .helpers import (
     PROVIDER_STAKE,
     Ledger,
     addr,
+    as_view,
     latest_timestamp,
     onboard,
     reverts,
@@ -27,12 +28,12 @@ async def test_register_provider_with_the_minimum_stake_records_it(provider: Mar
     assert [name for name, _ in tx.events] == ["ProviderRegistered", "Transfer"]
     assert same_address(tx.event("ProviderRegistered")["provider"], addr(provider))
     info = await provider.get_provider(addr(provider))
-    assert info["endpoint"] == "10.0.0.1:3333"
-    assert info["stake"] == MIN_STAKE
-    assert info["createdAt"] == await latest_timestamp(provider)
-    assert info["activeBids"] == 0
-    assert info["sessionCount"] == 0
-    assert info["isDeleted"] is False
+    assert info.endpoint == "10.0.0.1:3333"
+    assert info.stake == MIN_STAKE
+    assert info.created_at == await latest_timestamp(provider)
+    assert info.active_bids == 0
+    assert info.session_count == 0
+    assert info.is_deleted is False
     assert await ledger.deltas() == {"contract": MIN_STAKE, "fee_recipient": 0,
                                      "provider": -MIN_STAKE}
 
@@ -77,15 +78,15 @@ async def test_register_provider_beyond_the_balance_reverts_with_the_token_error
 
 async def test_registered_provider_tops_up_its_stake(provider: Marketplace) -> None:
     await provider.register_provider(PROVIDER_STAKE, "10.0.0.1:3333")
-    created = (await provider.get_provider(addr(provider)))["createdAt"]
+    created = (await provider.get_provider(addr(provider))).created_at
     ledger = await Ledger(provider, provider=addr(provider)).open()
 
     tx = await provider.register_provider(5 * MOR, "10.0.0.1:3333")
 
     assert same_address(tx.event("ProviderRegistered")["provider"], addr(provider))
     info = await provider.get_provider(addr(provider))
-    assert info["stake"] == PROVIDER_STAKE + 5 * MOR
-    assert info["createdAt"] == created
+    assert info.stake == PROVIDER_STAKE + 5 * MOR
+    assert info.created_at == created
     assert await ledger.deltas() == {"contract": 5 * MOR, "fee_recipient": 0,
                                      "provider": -5 * MOR}
 
@@ -100,8 +101,8 @@ async def test_registered_provider_changes_its_endpoint_without_adding_stake(
 
     assert same_address(tx.event("ProviderRegistered")["provider"], addr(provider))
     info = await provider.get_provider(addr(provider))
-    assert info["endpoint"] == "new-host.example:4444"
-    assert info["stake"] == PROVIDER_STAKE
+    assert info.endpoint == "new-host.example:4444"
+    assert info.stake == PROVIDER_STAKE
     assert await ledger.deltas() == {"contract": 0, "fee_recipient": 0, "provider": 0}
 
 
@@ -117,15 +118,15 @@ async def test_deregister_refunds_the_whole_stake_to_the_wei(provider: Marketpla
     assert await ledger.deltas() == {"contract": -(odd_stake + 7), "fee_recipient": 0,
                                      "provider": odd_stake + 7}
     info = await provider.get_provider(addr(provider))
-    assert info["isDeleted"] is True
-    assert info["stake"] == 0
+    assert info.is_deleted is True
+    assert info.stake == 0
 
 
 async def test_deregistered_provider_can_register_again_with_a_new_minimum_stake(
     provider: Marketplace,
 ) -> None:
     await provider.register_provider(PROVIDER_STAKE, "10.0.0.1:3333")
-    created = (await provider.get_provider(addr(provider)))["createdAt"]
+    created = (await provider.get_provider(addr(provider))).created_at
     await provider.deregister_provider()
 
     with reverts("StakeTooLow", required=MIN_STAKE, given=0):
@@ -134,10 +135,10 @@ async def test_deregistered_provider_can_register_again_with_a_new_minimum_stake
 
     assert same_address(tx.event("ProviderRegistered")["provider"], addr(provider))
     info = await provider.get_provider(addr(provider))
-    assert info["isDeleted"] is False
-    assert info["stake"] == MIN_STAKE
-    assert info["endpoint"] == "10.0.0.2:3333"
-    assert info["createdAt"] == created  # first registration is kept
+    assert info.is_deleted is False
+    assert info.stake == MIN_STAKE
+    assert info.endpoint == "10.0.0.2:3333"
+    assert info.created_at == created  # first registration is kept
 
 
 async def test_deregister_rejects_a_provider_with_active_bids(provider: Marketplace) -> None:
@@ -164,5 +165,5 @@ async def test_deregister_rejects_an_already_deregistered_provider(
 
 async def test_unknown_provider_reads_as_a_zeroed_struct(provider: Marketplace) -> None:
     info = await provider.get_provider(addr(provider))
-    assert info == {"endpoint": "", "stake": 0, "createdAt": 0, "activeBids": 0,
+    assert as_view(info) == {"endpoint": "", "stake": 0, "createdAt": 0, "activeBids": 0,
                     "sessionCount": 0, "isDeleted": False}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from proxy_router.chain.marketplace import Marketplace
 
 from .helpers import (
     ChainHandle,
     Offer,
+    as_view,
     close_by_provider,
     close_disputed,
     close_settled,
@@ -27,14 +30,14 @@ async def test_stats_sum_the_metrics_of_settled_receipts(
         {"tps_x1000": 30_500, "ttft_ms": 250, "prompt_tokens": 20, "completion_tokens": 300},
         {"tps_x1000": 41_000, "ttft_ms": 90, "prompt_tokens": 35, "completion_tokens": 7},
     ]
-    assert await user.get_stats(offer.provider, offer.model_id) == EMPTY
+    assert as_view(await user.get_stats(offer.provider, offer.model_id)) == EMPTY
 
     for metrics in receipts:
         session_id, _ = await open_session(user, provider, offer.bid_id)
         chain.increase_time(60)
         await close_settled(user, provider, session_id, **metrics)
 
-    assert await user.get_stats(offer.provider, offer.model_id) == {
+    assert as_view(await user.get_stats(offer.provider, offer.model_id)) == {
         "totalCount": 3,
         "successCount": 3,
         "tpsX1000Sum": sum(r["tps_x1000"] for r in receipts),
@@ -60,9 +63,9 @@ async def test_disputed_and_provider_closes_only_increment_the_total_count(
     chain.increase_time(4000)
     await close_by_provider(provider, by_provider)
 
-    assert await user.get_stats(offer.provider, offer.model_id) == {
-        **before, "totalCount": before["totalCount"] + 2}
-    assert before["successCount"] == 1
+    assert await user.get_stats(offer.provider, offer.model_id) == dataclasses.replace(
+        before, total_count=before.total_count + 2)
+    assert before.success_count == 1
 
 
 async def test_stats_are_kept_per_provider_and_model(
@@ -74,9 +77,9 @@ async def test_stats_are_kept_per_provider_and_model(
 
     await close_settled(user, provider, session_id, tps_x1000=1_000)
 
-    assert (await user.get_stats(offer.provider, offer.model_id))["tpsX1000Sum"] == 1_000
-    assert await user.get_stats(rival.provider, offer.model_id) == EMPTY
-    assert await user.get_stats(offer.provider, second_model.model_id) == EMPTY
+    assert (await user.get_stats(offer.provider, offer.model_id)).tps_x1000_sum == 1_000
+    assert as_view(await user.get_stats(rival.provider, offer.model_id)) == EMPTY
+    assert as_view(await user.get_stats(offer.provider, second_model.model_id)) == EMPTY
 
 
 async def test_token_sums_saturate_instead_of_making_the_close_revert(
@@ -88,8 +91,8 @@ async def test_token_sums_saturate_instead_of_making_the_close_revert(
                             completion_tokens=U64_MAX - 1)
 
     stats = await user.get_stats(offer.provider, offer.model_id)
-    assert (stats["promptTokensSum"], stats["completionTokensSum"]) == (U64_MAX, U64_MAX)
-    assert stats["successCount"] == 2
+    assert (stats.prompt_tokens_sum, stats.completion_tokens_sum) == (U64_MAX, U64_MAX)
+    assert stats.success_count == 2
 
 
 async def test_the_largest_uint32_metrics_do_not_overflow_the_square_sums(
@@ -101,6 +104,6 @@ async def test_the_largest_uint32_metrics_do_not_overflow_the_square_sums(
         await close_settled(user, provider, session_id, tps_x1000=u32_max, ttft_ms=u32_max)
 
     stats = await user.get_stats(offer.provider, offer.model_id)
-    assert stats["tpsX1000Sum"] == 2 * u32_max
-    assert stats["tpsX1000SqSum"] == 2 * u32_max**2
-    assert stats["ttftMsSqSum"] == 2 * u32_max**2
+    assert stats.tps_x1000_sum == 2 * u32_max
+    assert stats.tps_x1000_sq_sum == 2 * u32_max**2
+    assert stats.ttft_ms_sq_sum == 2 * u32_max**2

@@ -11,6 +11,7 @@ from .helpers import (
     PROVIDER_STAKE,
     ChainHandle,
     Offer,
+    as_view,
     hex32,
     onboard,
     open_session,
@@ -125,9 +126,9 @@ async def test_providers_list_active_providers_until_they_deregister(chain: Chai
 
 async def test_unknown_ids_read_as_zeroed_structs(provider: Marketplace) -> None:
     unknown = random_base_model_id()
-    assert (await provider.get_model(unknown))["createdAt"] == 0
-    assert (await provider.get_bid(unknown))["createdAt"] == 0
-    assert await provider.get_session(unknown) == {
+    assert (await provider.get_model(unknown)).created_at == 0
+    assert (await provider.get_bid(unknown)).created_at == 0
+    assert as_view(await provider.get_session(unknown)) == {
         "user": "0x0000000000000000000000000000000000000000",
         "provider": "0x0000000000000000000000000000000000000000",
         "bidId": "0x" + "00" * 32, "modelId": "0x" + "00" * 32, "stake": 0,

@@ -9,7 +9,7 @@ import pytest
 
 from proxy_router.chain.client import ChainClient, FeePolicy
 from proxy_router.chain.errors import ChainUnavailable, ContractReverted
-from proxy_router.testing.anvil import dev_address, dev_key, rpc
+from proxy_router.dev.anvil import dev_address, dev_key, rpc
 from tests.chain.helpers import ONE_HOUR_STAKE, addr, latest_timestamp, onboard, sign_approval
 from tests.conftest import OTHER, PROVIDER, USER, Chain
 
@@ -87,4 +87,4 @@ async def test_gas_is_estimated_for_the_next_block_not_the_last_one(chain: Chain
     now = await latest_timestamp(provider) + 120
     approval, signature = await sign_approval(provider, offer.bid_id, addr(user), timestamp=now)
     session_id, _ = await user.open_session(ONE_HOUR_STAKE, approval, signature)
-    assert (await user.get_session(session_id))["openedAt"] >= now
+    assert (await user.get_session(session_id)).opened_at >= now

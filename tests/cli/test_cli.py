@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy_router.testing.anvil import dev_key
+from proxy_router.dev.anvil import dev_key
 
 GOOD = {
     "ETH_NODE_ADDRESS": "http://127.0.0.1:1",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy_router.testing.anvil import Anvil, rpc
+from proxy_router.dev.anvil import Anvil, rpc
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,13 +13,14 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
+from proxy_router.chain.types import Bid, Model, Provider, Session
 from proxy_router.config import Settings
 from proxy_router.consumer.access import AccessPolicy
 from proxy_router.consumer.api import ConsumerApi
 from proxy_router.consumer.chat import ChatService
-from proxy_router.consumer.errors import ApiError
+from proxy_router.consumer.domain_errors import NoBids
+from proxy_router.dev.anvil import dev_address, dev_key
 from proxy_router.metrics import Metrics
-from proxy_router.testing.anvil import dev_address, dev_key
 
 USER = dev_address(2)
 SESSION_ID = "0x" + "ab" * 32
@@ -30,20 +31,23 @@ SETTLEMENT = {"sessionId": SESSION_ID, "tx": "0x" + "01" * 32, "gasUsed": 120_00
 
 class FakeIndex:
     def __init__(self) -> None:
-        self.models: dict[str, dict[str, Any]] = {}
-        self.bids: dict[str, dict[str, Any]] = {}
-        self.providers: dict[str, dict[str, Any]] = {}
-        self.sessions: dict[str, dict[str, Any]] = {}
+        self.models: dict[str, Model] = {}
+        self.bids: dict[str, Bid] = {}
+        self.providers: dict[str, Provider] = {}
+        self.sessions: dict[str, Session] = {}
         self.last_error: str | None = None
         self.checkpoint = self.head = 7
         self.lag_blocks = 0
         self.head_timestamp = 0
 
-    def active_bids(self, model_id: str | None = None) -> list[dict[str, Any]]:
+    def active_bids(self, model_id: str | None = None) -> list[Bid]:
         return []
 
-    def find_model(self, name: str) -> dict[str, Any] | None:
+    def find_model(self, name: str) -> Model | None:
         return None
+
+    def chain_now(self) -> int:
+        return 0
 
 
 class FakeMarket:
@@ -75,10 +79,7 @@ class FakeSessions:
         return {**SETTLEMENT, "sessionId": session_id}
 
     async def open_for_model(self, model_id: str, duration: int) -> Any:
-        raise ApiError(503, "no_bids", "no active bid", type_="api_error")
-
-    def chain_now(self) -> int:
-        return 0
+        raise NoBids("no active bid")
 
 
 def consumer_settings(storage: Path, **overrides: Any) -> Settings:

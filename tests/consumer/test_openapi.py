@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, settings
 from proxy_router.consumer.access import AccessPolicy
 from proxy_router.consumer.api import ROUTES
 from proxy_router.consumer.openapi import build_document
-from proxy_router.devnet import MODEL_NAME, Devnet, DevnetState
-from proxy_router.testing.ports import free_port
+from proxy_router.dev.devnet import MODEL_NAME, Devnet, DevnetState
+from proxy_router.ports import free_port
 from tests.consumer.conftest import AppFactory
 from tests.integration.conftest import MockBackend
 

@@ -1,10 +1,13 @@
-"""The consumer's handling of SSE stream chunks: pass-through, usage stripping, old format."""
+"""The consumer's handling of SSE stream chunks: pass-through, usage stripping, non-SSE refused."""
 
 from __future__ import annotations
 
 import json
 
-from proxy_router.consumer.sse import USAGE_KEY, as_sse, filter_usage, first_event
+import pytest
+
+from proxy_router.consumer.sse import USAGE_KEY, checked_sse, filter_usage, first_event
+from proxy_router.morrpc.errors import ErrorCode, RpcError
 
 HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m"}
 
@@ -21,9 +24,11 @@ USAGE_WITH_CHOICE = ev(choices=[{"index": 0, "delta": {}, "finish_reason": "stop
 USAGE_NULL = ev(choices=[{"index": 0, "delta": {"content": "y"}}], usage=None)
 
 
-def test_sse_chunks_pass_through_and_old_json_chunks_are_wrapped() -> None:
-    assert as_sse(TOKEN + TOKEN) == TOKEN + TOKEN
-    assert as_sse(TOKEN[6:-2]) == TOKEN
+def test_sse_chunks_pass_through_and_anything_else_is_a_provider_error() -> None:
+    assert checked_sse(TOKEN + TOKEN) == TOKEN + TOKEN
+    with pytest.raises(RpcError) as info:
+        checked_sse(TOKEN[6:-2])  # a bare JSON event: not the protocol's chunk format
+    assert info.value.code == ErrorCode.BACKEND_ERROR
 
 
 def test_a_usage_only_event_is_dropped_when_the_client_did_not_ask() -> None:
@@ -51,5 +56,5 @@ def test_the_word_usage_in_the_text_is_not_an_event_to_drop() -> None:
 
 def test_first_event_reads_the_ids_for_a_synthesised_usage_chunk() -> None:
     assert first_event(TOKEN + FINISH)["id"] == "chatcmpl-1"
-    assert first_event(as_sse(TOKEN[6:-2]))["created"] == 7
+    assert first_event(TOKEN)["created"] == 7
     assert first_event(b"data: [1]\n\n") == {}

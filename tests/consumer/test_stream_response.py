@@ -12,7 +12,7 @@ from aiohttp import web
 
 from proxy_router.consumer.api import ConsumerApi
 from proxy_router.consumer.schemas import ChatRequest
-from proxy_router.rpc import ErrorCode, RpcError
+from proxy_router.morrpc import ErrorCode, RpcError, RpcUnavailable
 
 HEAD = {"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 5, "model": "m"}
 
@@ -41,9 +41,12 @@ class FakeReply:
             raise self._error
 
 
-async def serve(reply: FakeReply, body: dict[str, Any]) -> list[bytes]:
-    """Run `_stream` behind a real HTTP server; return the client's SSE events."""
-    chat = SimpleNamespace(finished=lambda r: None, drop=lambda s: None)
+async def serve(reply: FakeReply, body: dict[str, Any],
+                dropped: list[Any] | None = None) -> list[bytes]:
+    """Run `_stream` behind a real HTTP server; return the client's SSE events (and
+    the sessions it dropped in ``dropped``)."""
+    chat = SimpleNamespace(finished=lambda r: None,
+                           drop=(dropped if dropped is not None else []).append)
     api = SimpleNamespace(chat=chat)
     req = ChatRequest.model_validate(
         {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True, **body})
@@ -87,14 +90,31 @@ async def test_a_usage_chunk_is_made_from_the_signed_trailer_when_the_backend_se
     assert final["usage"]["total_tokens"] == 10
 
 
-async def test_an_old_provider_s_bare_json_chunks_are_wrapped() -> None:
-    events = await serve(FakeReply([TOKEN[6:-2], USAGE[6:-2]]), {})
-    assert events == [TOKEN, b"data: [DONE]\n\n"]
+async def test_a_chunk_that_is_not_sse_ends_the_stream_with_an_error_not_garbage() -> None:
+    events = await serve(FakeReply([TOKEN, TOKEN[6:-2], TOKEN]), {})
+    assert events[0] == TOKEN
+    assert json.loads(events[1][6:])["error"]["code"] == "backend_error"
+    assert events[2:] == [b"data: [DONE]\n\n"]
 
 
 async def test_a_mid_stream_failure_ends_with_an_error_event() -> None:
     error = RpcError(ErrorCode.BACKEND_ERROR, "backend stream broken")
-    events = await serve(FakeReply([TOKEN, TOKEN], error), {})
+    dropped: list[Any] = []
+    events = await serve(FakeReply([TOKEN, TOKEN], error), {}, dropped)
     assert events[:2] == [TOKEN, TOKEN]
-    assert json.loads(events[2][6:])["error"]["message"] == "backend stream broken"
+    assert json.loads(events[2][6:])["error"] == {
+        "message": "backend stream broken", "type": "api_error", "param": None,
+        "code": "backend_error"}
     assert events[3] == b"data: [DONE]\n\n"
+    assert dropped == [], "a failed answer does not make the provider broken"
+
+
+async def test_a_provider_that_breaks_mid_answer_is_no_longer_used() -> None:
+    for error, code in ((RpcError(ErrorCode.BACKEND_UNAVAILABLE, "llama died"),
+                         "backend_unavailable"),
+                        (RpcUnavailable("link lost"), "provider_unavailable")):
+        reply = FakeReply([TOKEN], error)
+        dropped: list[Any] = []
+        events = await serve(reply, {}, dropped)
+        assert json.loads(events[1][6:])["error"]["code"] == code
+        assert dropped == [reply.session]

@@ -11,6 +11,7 @@ from eth_utils import keccak
 
 from proxy_router.chain.client import ChainClient
 from proxy_router.chain.index import MarketIndex
+from proxy_router.chain.marketplace import Marketplace
 from proxy_router.store.db import Store
 from tests.conftest import PROVIDER, Chain
 
@@ -28,7 +29,9 @@ async def new_index(chain: Chain, path: Path, url: str | None = None,
                     interval: float = 0.5) -> tuple[MarketIndex, ChainClient, Store]:
     client = await ChainClient.connect(url or chain.anvil.rpc_url)
     store = await Store.open(path, "index")
-    index = MarketIndex(client, chain.deployment.marketplace_address, store,
+    dep = chain.deployment
+    market = Marketplace(client, dep.marketplace_address, dep.mor_token_address)
+    index = MarketIndex(market, store,
                         poll_interval=interval, start_block=chain.deployment.block_number)
     return index, client, store
 
@@ -39,12 +42,14 @@ async def test_providers_models_and_bids_are_folded_from_events(chain: Chain, tm
     try:
         await index.poll_once()
         bid = index.bids[bid_id]
-        assert bid["modelId"] == model_id and bid["pricePerSecond"] == 10**12
-        assert index.find_model("m")["id"] == model_id
-        assert index.find_model(model_id)["name"] == "m"
-        assert [b["id"] for b in index.active_bids(model_id)] == [bid_id]
+        assert bid.model_id == model_id and bid.price_per_second == 10**12 and bid.active
+        assert (found := index.find_model("m")) is not None and found.id == model_id
+        assert (same := index.find_model(model_id.upper().replace("0X", "0x"))) is not None
+        assert same.name == "m" and same.tags == ("llm",)
+        assert [b.id for b in index.active_bids(model_id)] == [bid_id]
         provider = next(iter(index.providers.values()))
-        assert provider["endpoint"] == "127.0.0.1:3333"
+        assert provider.endpoint == "127.0.0.1:3333" and provider.registered
+        assert index.provider(provider.id.lower()) == provider
     finally:
         await client.close()
         await store.close()
@@ -57,8 +62,8 @@ async def test_a_replaced_bid_leaves_only_the_new_one_active(chain: Chain, tmp_p
     index, client, store = await new_index(chain, tmp_path)
     try:
         await index.poll_once()
-        assert [b["id"] for b in index.active_bids(model_id)] == [new_bid]
-        assert index.bids[old_bid]["deletedAt"] > 0
+        assert [b.id for b in index.active_bids(model_id)] == [new_bid]
+        assert index.bids[old_bid].deleted_at > 0 and not index.bids[old_bid].active
     finally:
         await client.close()
         await store.close()
@@ -104,7 +109,9 @@ async def test_a_restart_resumes_from_the_persisted_checkpoint(chain: Chain, tmp
         assert again.checkpoint == checkpoint and bid_id in again.bids
         assert later_bid not in again.bids
         await again.poll_once()
-        assert later_bid in again.bids and again.bids[bid_id]["deletedAt"] > 0
+        assert later_bid in again.bids and again.bids[bid_id].deleted_at > 0
+        assert again.bids[bid_id] == index.bids[bid_id].__class__.from_json(
+            again.bids[bid_id].to_json())  # what the store holds reads back the same
     finally:
         await client.close()
         await store.close()

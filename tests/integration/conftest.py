@@ -10,10 +10,6 @@ down with every process it started.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,9 +22,11 @@ from proxy_router.chain.client import ChainClient
 from proxy_router.chain.marketplace import Marketplace
 from proxy_router.config import Settings
 from proxy_router.consumer.access import token_path
-from proxy_router.devnet import Devnet, DevnetState, stop_pid
+from proxy_router.dev.devnet import Devnet, DevnetState
+from proxy_router.dev.mock_openai import spawn_mock_openai
+from proxy_router.ports import free_port
+from proxy_router.process import ManagedProcess
 from proxy_router.runtime import Router
-from proxy_router.testing.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -39,29 +37,19 @@ class MockBackend:
 
     port: int
     args: list[str]
-    process: subprocess.Popen[bytes] | None = None
+    process: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> MockBackend:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "proxy_router.testing.mock_openai", "--port",
-             str(self.port), *self.args], start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(self.url + "/models", timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError("mock backend did not start")
+        self.process = spawn_mock_openai(self.port, self.args)
+        return self
 
     def stop(self) -> None:
         if self.process is not None:
-            stop_pid(self.process.pid)
+            self.process.stop()
             self.process = None
 
 

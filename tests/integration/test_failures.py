@@ -21,18 +21,17 @@ import base64
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from eth_account import Account
 
 from proxy_router.chain.marketplace import Marketplace
-from proxy_router.devnet import DevnetState
-from proxy_router.rpc import (
+from proxy_router.dev.anvil import dev_key, rpc
+from proxy_router.dev.devnet import DevnetState
+from proxy_router.morrpc import (
     CipherCache,
     ErrorCode,
     Role,
@@ -43,22 +42,44 @@ from proxy_router.rpc import (
     recover_frame_public_key,
     recover_frame_signer,
 )
-from proxy_router.rpc.protocol import WS_PATH, encode_frame, payload_aad, request_frame
-from proxy_router.testing.anvil import dev_key, rpc
+from proxy_router.morrpc.protocol import payload_aad, request_frame
 from tests.integration.conftest import (
     InProcessConsumer,
     MockBackend,
     MockDevnet,
     consumer_router,
     market_for,
-    mor_holdings,
+)
+from tests.integration.helpers import (
+    DURATION,
+    MESSAGES,
+    assert_paid,
+    backend_down,
+    backend_running,
+    chat,
+    close_session,
+    closed_session,
+    error_of,
+    eventually,
+    exchange,
+    holdings,
+    my_session_ids,
+    next_second,
+    open_session,
+    prompt_as,
+    provider_capacity,
+    provider_error,
+    raw_socket,
+    request,
+    settled,
+    travel,
+    tx_count,
+    wait_provider_idle,
 )
 
 pytestmark = pytest.mark.integration
 
-USER, OTHER, PATIENT, DONOR, OBSERVER = 2, 3, 4, 5, 7  # anvil dev accounts (3..8 hold 10,000 MOR)
-MESSAGES = [{"role": "user", "content": "Say hello."}]
-DURATION = 300  # the shortest session the contract allows
+USER, OTHER, PATIENT, DONOR = 2, 3, 4, 5  # anvil dev accounts (3..8 hold 10,000 MOR)
 
 
 # -- fixtures -----------------------------------------------------------------------------
@@ -72,15 +93,6 @@ def state(mock_devnet: MockDevnet) -> DevnetState:
 @pytest.fixture(scope="module")
 def backend(mock_devnet: MockDevnet) -> MockBackend:
     return mock_devnet.backend
-
-
-@pytest.fixture(scope="module")
-async def market(state: DevnetState) -> AsyncIterator[Marketplace]:
-    reader = await market_for(state)
-    try:
-        yield reader
-    finally:
-        await reader.client.close()
 
 
 @pytest.fixture(scope="module")
@@ -104,201 +116,6 @@ async def patient(state: DevnetState, tmp_path: Path) -> AsyncIterator[InProcess
     async with consumer_router(state, dev_key(PATIENT), tmp_path,
                                session_sweep_interval_s=300) as consumer:
         yield consumer
-
-
-# -- helpers ------------------------------------------------------------------------------
-
-
-async def request(method: str, url: str, *, json_body: Any = None, data: bytes | None = None,
-                  headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as http, http.request(
-            method, url, json=json_body, data=data, headers=headers) as resp:
-        return resp.status, await resp.json(content_type=None)
-
-
-async def chat(base: str, *, headers: dict[str, str] | None = None, **body: Any
-               ) -> tuple[int, dict[str, Any]]:
-    body = {"messages": MESSAGES, "max_tokens": 8, **body}
-    return await request("POST", f"{base}/v1/chat/completions", json_body=body, headers=headers)
-
-
-def error_of(body: dict[str, Any], code: str) -> dict[str, Any]:
-    """The OpenAI-shaped error object, after checking its shape and code."""
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}, error
-    assert error["code"] == code, error
-    assert isinstance(error["message"], str) and error["message"], error
-    return error
-
-
-async def holdings(market: Marketplace, state: DevnetState, *extra: str) -> dict[str, int]:
-    """MOR of user, provider, marketplace, fee recipient and any ``extra`` wallets."""
-    held = await mor_holdings(market, state)
-    for address in extra:
-        held[address] = await market.mor_balance(address)
-    return held
-
-
-def tx_count(state: DevnetState, address: str) -> int:
-    return int(str(rpc(state.rpc_url, "eth_getTransactionCount", [address, "latest"])), 16)
-
-
-async def next_second() -> None:
-    """Sleep until just after the wall clock's next whole second."""
-    await asyncio.sleep(1.02 - time.time() % 1)
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout} s (last: {result!r})")
-        await asyncio.sleep(0.2)
-
-
-async def provider_capacity(state: DevnetState) -> dict[str, int]:
-    async with RpcClient(state.provider_endpoint, Signer.from_key(dev_key(OBSERVER)),
-                         state.provider_address) as client:
-        caps = await client.call("provider.capabilities", {})
-    (model,) = caps["models"]
-    return dict(model["capacity"])
-
-
-async def wait_provider_idle(state: DevnetState, timeout: float = 15) -> None:
-    async def idle() -> bool:
-        cap = await provider_capacity(state)
-        return cap["sessions"] == cap["promptsInFlight"] == 0
-
-    await eventually(idle, timeout, "the provider's slot was not freed")
-
-
-async def open_session(state: DevnetState, duration: int = DURATION) -> str:
-    status, body = await request(
-        "POST", f"{state.consumer_base}/blockchain/models/{state.model_id}/session",
-        json_body={"sessionDuration": duration}, headers=state.auth())
-    assert status == 201, body
-    return str(body["sessionId"])
-
-
-async def close_session(state: DevnetState, session_id: str) -> dict[str, Any]:
-    status, body = await request(
-        "POST", f"{state.consumer_base}/blockchain/sessions/{session_id}/close",
-        headers=state.auth())
-    assert status == 200, body
-    return body
-
-
-async def settled(market: Marketplace, session_id: str) -> dict[str, Any]:
-    """The closed session, after checking that its escrow is fully accounted for."""
-    s = await market.get_session(session_id)
-    assert s["closed"], s
-    # a dispute holds the provider's share in the contract: part of what it earned
-    assert s["stake"] == s["providerEarned"] + s["userRefund"]
-    assert s["held"] == (s["providerEarned"] if s["disputed"] and not s["claimed"] else 0)
-    billed = min(s["closedAt"], s["endsAt"]) - s["openedAt"]
-    assert s["providerEarned"] == billed * s["pricePerSecond"]
-    return s
-
-
-def assert_paid(before: dict[str, int], after: dict[str, int], *sessions: dict[str, Any],
-                user: str = "user") -> None:
-    """Balances moved by exactly the sessions' settlements (``before`` taken before they
-    opened): the user paid what the provider earned, held shares sit in the contract, and
-    nobody else's MOR moved."""
-    earned = sum(s["providerEarned"] for s in sessions)
-    held = sum(s["held"] for s in sessions)
-    moved = {user: -earned, "provider": earned - held, "marketplace": held}
-    assert {k: after[k] - before[k] for k in after} == {k: moved.get(k, 0) for k in after}
-    assert sum(after.values()) == sum(before.values())
-
-
-async def closed_session(market: Marketplace, session_id: str) -> dict[str, Any] | None:
-    s = await market.get_session(session_id)
-    return s if s["closed"] else None
-
-
-async def travel(state: DevnetState, seconds: int) -> None:
-    """Move chain time forward; the routers see it at their next index poll (0.5 s)."""
-    rpc(state.rpc_url, "evm_increaseTime", [seconds])
-    rpc(state.rpc_url, "evm_mine")
-    await asyncio.sleep(1.5)
-
-
-async def my_session_ids(base: str) -> set[str]:
-    status, rows = await request("GET", f"{base}/blockchain/sessions")
-    assert status == 200, rows
-    return {row["sessionId"] for row in rows}
-
-
-@asynccontextmanager
-async def backend_running(backend: MockBackend, *args: str) -> AsyncIterator[None]:
-    """Restart the MOCK backend with extra arguments; the original one again on exit."""
-    original = backend.args
-    await asyncio.to_thread(backend.stop)
-    backend.args = [*original, *args]
-    try:
-        await asyncio.to_thread(backend.start)
-        yield
-    finally:
-        await asyncio.to_thread(backend.stop)
-        backend.args = original
-        await asyncio.to_thread(backend.start)
-
-
-@asynccontextmanager
-async def backend_down(backend: MockBackend) -> AsyncIterator[None]:
-    await asyncio.to_thread(backend.stop)
-    try:
-        yield
-    finally:
-        await asyncio.to_thread(backend.start)
-
-
-@asynccontextmanager
-async def raw_socket(state: DevnetState) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
-    async with aiohttp.ClientSession() as http, http.ws_connect(
-            f"ws://{state.provider_endpoint}{WS_PATH}") as ws:
-        yield ws
-
-
-async def exchange(ws: aiohttp.ClientWebSocketResponse, frame: dict[str, Any]
-                   ) -> list[dict[str, Any]]:
-    """Send one frame; the frames answering it, up to and including the final one."""
-    await ws.send_str(encode_frame(frame))
-    frames = []
-    while True:
-        reply = json.loads(await ws.receive_str(timeout=10))
-        assert reply.get("id") == frame.get("id"), reply
-        frames.append(reply)
-        if "result" in reply or "error" in reply:
-            return frames
-
-
-def provider_error(state: DevnetState, frames: list[dict[str, Any]], frame: dict[str, Any]
-                   ) -> str:
-    """The error code of a signed, request-bound error frame from the provider."""
-    (reply,) = frames
-    assert recover_frame_signer(reply) == state.provider_address
-    assert reply["re"] == frame["nonce"]
-    assert set(reply["error"]) >= {"code", "message"} and reply["error"]["message"]
-    return str(reply["error"]["code"])
-
-
-async def prompt_as(signer: Signer, state: DevnetState, session_id: str) -> list[bytes]:
-    """``session.prompt`` straight to the provider, signed by ``signer``."""
-    key = SessionKey.generate()
-    async with RpcClient(state.provider_endpoint, signer, state.provider_address) as client:
-        cipher = await client.cipher_for(key)
-        stream = client.stream("session.prompt",
-                               {"sessionId": session_id, "key": key.public_key_hex},
-                               cipher=cipher,
-                               payload=json.dumps({"messages": MESSAGES, "max_tokens": 4,
-                                                   "stream": True}).encode())
-        return [chunk async for chunk in stream]
 
 
 # -- requests the consumer rejects before anything happens on chain -------------------------
@@ -372,7 +189,7 @@ async def test_insufficient_mor_is_a_402_down_to_the_last_wei_and_sends_no_trans
         state: DevnetState, market: Marketplace, tmp_path: Path, free_slot):
     broke = Account.create()
     rpc(state.rpc_url, "anvil_setBalance", [broke.address, hex(10**19)])  # 10 ETH, 0 MOR
-    stake = (await market.get_bid(state.bid_id))["pricePerSecond"] * DURATION
+    stake = (await market.get_bid(state.bid_id)).price_per_second * DURATION
     donor = await market_for(state, dev_key(DONOR))
     before = await holdings(market, state, broke.address, donor.client.address)
     try:
@@ -407,11 +224,11 @@ async def test_insufficient_mor_is_a_402_down_to_the_last_wei_and_sends_no_trans
     finally:
         await donor.client.close()
     s = await settled(market, session_id)
-    assert s["stake"] == stake
+    assert s.stake == stake
     after = await holdings(market, state, broke.address, donor.client.address)
     assert {k: after[k] - before[k] for k in after} == {
         **{k: 0 for k in after}, donor.client.address: -stake,
-        broke.address: stake - s["providerEarned"], "provider": s["providerEarned"]}
+        broke.address: stake - s.provider_earned, "provider": s.provider_earned}
 
 
 # -- forged, stale and replayed MOR-RPC frames -----------------------------------------------
@@ -491,7 +308,7 @@ async def test_a_replayed_prompt_is_refused_and_the_session_settles_to_the_wei(
     settlement = await close_session(state, session_id)
     assert settlement["disputed"] is False
     s = await settled(market, session_id)
-    assert s["held"] == 0 and int(settlement["providerEarned"]) == s["providerEarned"]
+    assert s.held == 0 and int(settlement["providerEarned"]) == s.provider_earned
     assert_paid(before, await holdings(market, state), s)
     await wait_provider_idle(state)  # the provider has seen the close (its index lags)
     with pytest.raises(RpcError) as err:  # and a fresh prompt after the close
@@ -708,10 +525,10 @@ async def test_an_expired_session_is_a_409_and_settles_at_exactly_its_full_price
         headers=patient.auth())
     assert status == 200, settlement
     s = await settled(market, session_id)
-    assert s["providerEarned"] == DURATION * opened["pricePerSecond"] == opened["stake"]
-    assert s["userRefund"] == 0 and s["held"] == 0 and not s["disputed"]
-    assert int(settlement["providerEarned"]) == s["providerEarned"]
-    assert int(settlement["userRefund"]) == s["userRefund"] == 0
+    assert s.provider_earned == DURATION * opened.price_per_second == opened.stake
+    assert s.user_refund == 0 and s.held == 0 and not s.disputed
+    assert int(settlement["providerEarned"]) == s.provider_earned
+    assert int(settlement["userRefund"]) == s.user_refund == 0
     assert_paid(before, await holdings(market, state, patient.address), s,
                 user=patient.address)
 
@@ -724,8 +541,8 @@ async def test_an_expired_session_left_open_is_settled_by_the_consumer_at_its_fu
     await eventually(lambda: closed_session(market, session_id), 20,
                      "the consumer did not settle its expired session")
     s = await settled(market, session_id)
-    assert s["providerEarned"] == s["stake"] and s["userRefund"] == 0
-    assert s["held"] == 0 and not s["disputed"]  # settled by the user, with a receipt
+    assert s.provider_earned == s.stake and s.user_refund == 0
+    assert s.held == 0 and not s.disputed  # settled by the user, with a receipt
     assert_paid(before, await holdings(market, state), s)
     status, body = await chat(state.consumer_base, model=state.model_name,
                               headers={"session_id": session_id})

@@ -18,9 +18,10 @@ import aiohttp
 import pytest
 
 from proxy_router.chain.marketplace import Marketplace
-from proxy_router.devnet import Devnet, DevnetState
-from proxy_router.testing.anvil import dev_address
-from proxy_router.testing.ports import free_port
+from proxy_router.chain.types import Session
+from proxy_router.dev.anvil import dev_address
+from proxy_router.dev.devnet import Devnet, DevnetState
+from proxy_router.ports import free_port
 from tests.integration.conftest import MockBackend, market_for
 
 pytestmark = pytest.mark.integration
@@ -66,22 +67,22 @@ async def holdings(market: Marketplace, faults: Faults) -> dict[str, int]:
     return {name: await market.mor_balance(addr) for name, addr in faults.parties.items()}
 
 
-async def wait_closed(market: Marketplace, session_id: str, limit: float = 45.0) -> dict:
+async def wait_closed(market: Marketplace, session_id: str, limit: float = 45.0) -> Session:
     deadline = time.monotonic() + limit
     while True:
         session = await market.get_session(session_id)
-        if session["closed"]:
+        if session.closed:
             return session
         assert time.monotonic() < deadline, f"session {session_id} still open after {limit}s"
         await asyncio.sleep(0.5)
 
 
-def assert_settled_to_the_wei(session: dict) -> None:
-    assert session["closed"]
-    assert session["stake"] == session["providerEarned"] + session["userRefund"]
-    assert session["held"] in (0, session["providerEarned"])
-    elapsed = min(session["closedAt"], session["endsAt"]) - session["openedAt"]
-    assert session["providerEarned"] == elapsed * session["pricePerSecond"]
+def assert_settled_to_the_wei(session: Session) -> None:
+    assert session.closed
+    assert session.stake == session.provider_earned + session.user_refund
+    assert session.held in (0, session.provider_earned)
+    elapsed = min(session.closed_at, session.ends_at) - session.opened_at
+    assert session.provider_earned == elapsed * session.price_per_second
 
 
 async def my_sessions(base: str) -> list[dict]:
@@ -123,11 +124,11 @@ async def test_provider_killed_mid_answer_fails_over_to_the_next_bid(faults: Fau
         # The dead provider's session is settled without its receipt: a dispute.
         settled = await wait_closed(market, dead["sessionId"])
         assert_settled_to_the_wei(settled)
-        assert settled["disputed"] and settled["held"] == settled["providerEarned"]
+        assert settled.disputed and settled.held == settled.provider_earned
         after = await holdings(market, faults)
         assert sum(after.values()) == sum(before.values())
         assert after["marketplace"] - before["marketplace"] == (
-            settled["held"] + int(alive["stake"]))
+            settled.held + int(alive["stake"]))
     finally:
         await market.client.close()
         restart(faults, "provider", f"http://{faults.state.provider_endpoint}")
@@ -231,7 +232,7 @@ async def test_a_dead_first_rpc_url_does_not_stop_a_paid_chat(faults: Faults):
 
 async def travel(state: DevnetState, seconds: int) -> None:
     """Move chain time; routers see it at their next index poll (0.5 s)."""
-    from proxy_router.testing.anvil import rpc
+    from proxy_router.dev.anvil import rpc
 
     rpc(state.rpc_url, "evm_increaseTime", [seconds])
     rpc(state.rpc_url, "evm_mine")
@@ -241,7 +242,7 @@ async def travel(state: DevnetState, seconds: int) -> None:
 async def test_provider_closes_a_session_its_user_left_open_and_is_paid_in_full(
         faults: Faults):
     """No consumer runs for this user: after endsAt + grace the provider settles."""
-    from proxy_router.rpc import RpcClient, SessionKey, Signer
+    from proxy_router.morrpc import RpcClient, SessionKey, Signer
 
     state, user = faults.state, LEFT_OPEN_USER
     async with RpcClient(state.provider_endpoint, Signer.from_key(_key(user)),
@@ -251,14 +252,14 @@ async def test_provider_closes_a_session_its_user_left_open_and_is_paid_in_full(
     market = await market_for(state, _key(user))
     try:
         bid = await market.get_bid(state.bid_id)
-        stake = bid["pricePerSecond"] * 300
+        stake = bid.price_per_second * 300
         session_id, _ = await market.open_session(
             stake, bytes.fromhex(reply["approval"][2:]), bytes.fromhex(reply["approvalSig"][2:]))
         provider_before = await market.mor_balance(state.provider_address)
         await travel(state, 300 + 10)  # past endsAt + the 5 s grace of this devnet
         session = await wait_closed(market, session_id)
         assert_settled_to_the_wei(session)
-        assert not session["disputed"] and session["providerEarned"] == stake
+        assert not session.disputed and session.provider_earned == stake
         assert await market.mor_balance(state.provider_address) == provider_before + stake
     finally:
         await market.client.close()
@@ -273,16 +274,16 @@ async def test_provider_claims_a_disputed_share_once_the_window_has_passed(fault
                                           state.provider_address, 0, 100)
         sessions = {"0x" + bytes(i).hex(): await market.get_session(i) for i in ids}
         disputed = {sid: s for sid, s in sessions.items()
-                    if s["disputed"] and s["held"] and not s["claimed"]}
+                    if s.disputed and s.held and not s.claimed}
         assert disputed, "the failover test leaves a disputed session"
         before = await market.mor_balance(state.provider_address)
         await travel(state, await market.param("disputeWindow") + 10)
         deadline = time.monotonic() + 45
         for session_id in disputed:
-            while not (await market.get_session(session_id))["claimed"]:
+            while not (await market.get_session(session_id)).claimed:
                 assert time.monotonic() < deadline, "disputed share not claimed"
                 await asyncio.sleep(0.5)
-        held = sum(s["held"] for s in disputed.values())
+        held = sum(s.held for s in disputed.values())
         assert await market.mor_balance(state.provider_address) == before + held
     finally:
         await market.client.close()
@@ -305,6 +306,6 @@ def _healthy(url: str) -> bool:
 
 
 def _key(account: int) -> str:
-    from proxy_router.testing.anvil import dev_key
+    from proxy_router.dev.anvil import dev_key
 
     return dev_key(account)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy_router.chain.marketplace import Marketplace
-from proxy_router.devnet import DevnetState
+from proxy_router.chain.types import Session
+from proxy_router.dev.devnet import DevnetState
 
 MESSAGES = [{"role": "user", "content": "Say hello in three words."}]
 
@@ -31,10 +31,10 @@ def metric(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: 
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-async def settled_sessions(market: Marketplace, fn: str, address: str) -> list[dict[str, Any]]:
+async def settled_sessions(market: Marketplace, fn: str, address: str) -> list[Session]:
     ids, _ = await market.client.call(market.contract, fn, address, 0, 1000)
     sessions = [await market.get_session(bytes(i)) for i in ids]
-    return [s for s in sessions if s["closed"]]
+    return [s for s in sessions if s.closed]
 
 
 async def test_a_paid_chat_shows_up_in_both_routers_metrics(devnet: DevnetState,
@@ -89,8 +89,8 @@ async def test_a_paid_chat_shows_up_in_both_routers_metrics(devnet: DevnetState,
         mine = await settled_sessions(reader, "getSessionsByUser", devnet.user_address)
         theirs = await settled_sessions(reader, "getSessionsByProvider",
                                         devnet.provider_address)
-        return (float(sum(s["providerEarned"] for s in mine)), float(len(mine)),
-                float(sum(s["providerEarned"] - (0 if s["claimed"] else s["held"])
+        return (float(sum(s.provider_earned for s in mine)), float(len(mine)),
+                float(sum(s.provider_earned - (0 if s.claimed else s.held)
                           for s in theirs)))
 
     deadline = time.monotonic() + 15

@@ -8,7 +8,7 @@ import pytest
 from openai import AsyncOpenAI, NotFoundError
 
 from proxy_router.chain.marketplace import Marketplace
-from proxy_router.devnet import DevnetState
+from proxy_router.dev.devnet import DevnetState
 from tests.integration.conftest import mor_holdings
 
 pytestmark = pytest.mark.integration
@@ -92,18 +92,18 @@ async def test_closing_a_session_settles_it_to_the_wei(devnet: DevnetState,
     refund, held = int(settlement["userRefund"]), int(settlement["held"])
     assert settlement["disputed"] is False and held == 0
     assert stake == paid + refund
-    assert paid == (onchain["closedAt"] - onchain["openedAt"]) * onchain["pricePerSecond"]
+    assert paid == (onchain.closed_at - onchain.opened_at) * onchain.price_per_second
     assert after["user"] - before["user"] == -paid
     assert after["provider"] - before["provider"] == paid
     assert after["marketplace"] == before["marketplace"]
     assert sum(after.values()) == sum(before.values())
     stats = await reader.get_stats(devnet.provider_address, devnet.model_id)
-    assert stats["successCount"] >= 1 and stats["completionTokensSum"] > 0
+    assert stats.success_count >= 1 and stats.completion_tokens_sum > 0
 
 
 async def test_provider_capabilities_report_models_and_hardware(devnet: DevnetState):
-    from proxy_router.rpc import RpcClient, Signer
-    from proxy_router.testing.anvil import dev_key
+    from proxy_router.dev.anvil import dev_key
+    from proxy_router.morrpc import RpcClient, Signer
 
     async with RpcClient(devnet.provider_endpoint, Signer.from_key(dev_key(2)),
                          devnet.provider_address) as client:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from proxy_router.testing.mock_openai import MockOpenAIOptions, MockOpenAIServer
+from proxy_router.dev.mock_openai import MockOpenAIOptions, MockOpenAIServer
 
 
 @pytest.fixture

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
-from proxy_router.models import ModelNotInstalledError, smollm2_gguf_path
-from proxy_router.provider.backend import BackendTimeouts, OpenAIBackend, UsageMeter
+from proxy_router.dev.smollm2 import ModelNotInstalledError, smollm2_gguf_path
+from proxy_router.provider.backend import BackendTimeouts, OpenAIBackend
 from proxy_router.provider.llama import EmbeddedLlamaServer
+from proxy_router.provider.usage import UsageMeter
 
 pytestmark = pytest.mark.integration
 
@@ -43,11 +45,9 @@ async def test_streams_a_short_completion_from_smollm2(
             timeouts=BackendTimeouts(first_token=60, total=120),
         )
         meter = UsageMeter()
-        chunks = []
         body = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}
-        async for chunk in backend.stream_chat(body):
-            meter.observe(chunk)
-            chunks.append(chunk)
+        chunks = [json.loads(payload) async for batch in backend.stream_events(body, meter)
+                  for payload in batch]
     text = "".join(c["delta"].get("content") or "" for ch in chunks for c in ch["choices"])
     assert text.strip(), "the model produced text"
     assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
+from pathlib import Path
 
 import aiohttp
 
-from proxy_router.testing.mock_openai import MockOpenAIServer, start_mock_openai
-from proxy_router.testing.ports import free_port
+from proxy_router.dev.mock_openai import MockOpenAIServer, spawn_mock_openai, start_mock_openai
+from proxy_router.ports import free_port
 
 
 def test_free_port_can_be_bound_on_loopback() -> None:
@@ -59,19 +59,17 @@ async def test_bad_requests_get_an_openai_error(
         assert "messages" in (await resp.json())["error"]["message"]
 
 
-async def test_command_line_serves_until_terminated(http: aiohttp.ClientSession) -> None:
+async def test_command_line_serves_until_terminated(
+    http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy_router.testing.mock_openai", "--port", str(port),
-        "--tokens", "3", stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    log = tmp_path / "mock.log"
+    proc = await asyncio.to_thread(spawn_mock_openai, port, ["--tokens", "3"], log_path=log)
     try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 20)
-        assert f"http://127.0.0.1:{port}/v1".encode() in line and b"MOCK" in line
+        line = log.read_text().splitlines()[0]
+        assert f"http://127.0.0.1:{port}/v1" in line and "MOCK" in line
         body = {"messages": [{"role": "user", "content": "x"}]}
         async with http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as resp:
             assert (await resp.json())["usage"]["completion_tokens"] == 3
     finally:
-        proc.terminate()
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert await proc.stop_async(timeout=10) == 0  # SIGTERM is a clean exit

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from proxy_router.models import ModelNotInstalledError, smollm2_gguf_path
+from proxy_router.dev.smollm2 import ModelNotInstalledError, smollm2_gguf_path
 from proxy_router.provider.models_config import (
     ModelsConfigError,
     load_models_config,

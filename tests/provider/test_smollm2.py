@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy_router import models
-from proxy_router.models import ModelNotInstalledError, smollm2_gguf_path
+from proxy_router.dev import smollm2 as models
+from proxy_router.dev.smollm2 import ModelNotInstalledError, smollm2_gguf_path
 
 
 @pytest.fixture(autouse=True)

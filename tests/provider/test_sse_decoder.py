@@ -1,4 +1,8 @@
-"""SSEDecoder: turns an OpenAI event stream, however it is split into reads, into chunks."""
+"""SSEDecoder: an OpenAI event stream, however it is split into reads, becomes event payloads.
+
+The payloads are the `data:` bytes, unparsed (the provider forwards them as they are);
+`needs_parsing` picks the few that must be parsed, `parse_event` parses one.
+"""
 
 from __future__ import annotations
 
@@ -6,42 +10,47 @@ import json
 
 import pytest
 
-from proxy_router.provider.backend import SSEDecoder, SSEProtocolError, needs_parsing
-
-CHUNKS = [{"choices": [{"delta": {"content": f"t{i}"}}]} for i in range(3)]
-STREAM = (
-    b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in CHUNKS) + b"data: [DONE]\n\n"
+from proxy_router.provider.sse_decoder import (
+    MAX_EVENT_BYTES,
+    SSEDecoder,
+    SSEProtocolError,
+    check_object_shape,
+    needs_parsing,
+    parse_event,
 )
 
+PAYLOADS = [json.dumps({"choices": [{"delta": {"content": f"t{i}"}}]}).encode() for i in range(3)]
+STREAM = b"".join(b"data: " + p + b"\n\n" for p in PAYLOADS) + b"data: [DONE]\n\n"
 
-def decode_all(*reads: bytes) -> tuple[list[dict], SSEDecoder]:
+
+def decode_all(*reads: bytes) -> tuple[list[bytes], SSEDecoder]:
     dec = SSEDecoder()
-    out: list[dict] = []
+    out: list[bytes] = []
     for r in reads:
         out += dec.feed(r)
     return out, dec
 
 
 def test_whole_stream_in_one_read() -> None:
-    events, dec = decode_all(STREAM)
-    assert events == CHUNKS and dec.done
+    payloads, dec = decode_all(STREAM)
+    assert payloads == PAYLOADS and dec.done
 
 
 def test_a_read_boundary_anywhere_changes_nothing() -> None:
     for cut in range(1, len(STREAM)):
-        events, dec = decode_all(STREAM[:cut], STREAM[cut:])
-        assert events == CHUNKS and dec.done, f"split at byte {cut}"
+        payloads, dec = decode_all(STREAM[:cut], STREAM[cut:])
+        assert payloads == PAYLOADS and dec.done, f"split at byte {cut}"
 
 
 def test_byte_by_byte() -> None:
-    events, dec = decode_all(*(STREAM[i : i + 1] for i in range(len(STREAM))))
-    assert events == CHUNKS and dec.done
+    payloads, dec = decode_all(*(STREAM[i : i + 1] for i in range(len(STREAM))))
+    assert payloads == PAYLOADS and dec.done
 
 
 def test_an_event_is_emitted_as_soon_as_its_blank_line_arrives() -> None:
     dec = SSEDecoder()
     assert dec.feed(b'data: {"a": 1}\n') == []
-    assert dec.feed(b"\n") == [{"a": 1}]
+    assert dec.feed(b"\n") == [b'{"a": 1}']
 
 
 def test_keepalive_comments_and_other_fields_are_ignored() -> None:
@@ -52,65 +61,82 @@ def test_keepalive_comments_and_other_fields_are_ignored() -> None:
         b":\n\n"
         b'data:{"b": 2}\n\n'  # no space after the colon is valid SSE
     )
-    events, dec = decode_all(stream)
-    assert events == [{"a": 1}, {"b": 2}] and not dec.done
+    payloads, dec = decode_all(stream)
+    assert payloads == [b'{"a": 1}', b'{"b": 2}'] and not dec.done
 
 
 def test_crlf_line_endings() -> None:
-    events, dec = decode_all(STREAM.replace(b"\n", b"\r\n"))
-    assert events == CHUNKS and dec.done
+    payloads, dec = decode_all(STREAM.replace(b"\n", b"\r\n"))
+    assert payloads == PAYLOADS and dec.done
 
 
 def test_crlf_split_between_cr_and_lf() -> None:
-    events, _ = decode_all(b'data: {"a": 1}\r', b"\n\r", b"\n")
-    assert events == [{"a": 1}]
+    payloads, _ = decode_all(b'data: {"a": 1}\r', b"\n\r", b"\n")
+    assert payloads == [b'{"a": 1}']
 
 
-def test_multi_line_data_is_joined_with_newlines() -> None:
-    events, _ = decode_all(b'data: {"a":\ndata: 1}\n\n')
-    assert events == [{"a": 1}]
+def test_multi_line_data_is_joined_with_a_space_so_it_stays_one_sse_line() -> None:
+    payloads, _ = decode_all(b'data: {"a":\ndata: 1}\n\n')
+    assert payloads == [b'{"a": 1}'] and json.loads(payloads[0]) == {"a": 1}
 
 
-def test_nothing_after_done_is_decoded() -> None:
-    events, dec = decode_all(b'data: [DONE]\n\ndata: {"late": 1}\n\n')
-    assert events == [] and dec.done
+def test_nothing_after_done_is_decoded_in_the_same_read_or_later() -> None:
+    dec = SSEDecoder()
+    assert dec.feed(b'data: [DONE]\n\ndata: {"late": 1}\n\n') == [] and dec.done
+    assert dec.feed(b'data: {"later": 1}\n\n') == [] and dec.close() == []
 
 
 def test_close_flushes_an_unterminated_last_event() -> None:
     dec = SSEDecoder()
     assert dec.feed(b'data: {"a": 1}') == []
-    assert dec.close() == [{"a": 1}]
+    assert dec.close() == [b'{"a": 1}']
+
+
+def test_close_flushes_data_lines_missing_their_blank_line() -> None:
+    dec = SSEDecoder()
+    assert dec.feed(b'data: {"a": 1}\n') == []
+    assert dec.close() == [b'{"a": 1}']
+
+
+def test_close_recognises_an_unterminated_done() -> None:
+    dec = SSEDecoder()
+    assert dec.feed(b"data: [DONE]") == []
+    assert dec.close() == [] and dec.done
+
+
+def test_unparseable_data_is_kept_for_the_caller_to_judge() -> None:
+    assert SSEDecoder().feed(b"data: <html>\n\n") == [b"<html>"]
+
+
+def test_an_event_line_longer_than_the_limit_is_a_protocol_error() -> None:
+    with pytest.raises(SSEProtocolError, match="event line exceeds"):
+        SSEDecoder().feed(b"data: " + b"x" * MAX_EVENT_BYTES)
+
+
+def test_an_event_of_many_lines_longer_than_the_limit_is_a_protocol_error() -> None:
+    line = b"data: " + b"x" * (MAX_EVENT_BYTES // 2) + b"\n"
+    with pytest.raises(SSEProtocolError, match="event exceeds"):
+        SSEDecoder().feed(line * 3)
+
+
+def test_parse_event_returns_the_json_object() -> None:
+    assert parse_event(b'{"a": [1]}') == {"a": [1]}
 
 
 @pytest.mark.parametrize("payload", [b"not json", b"[1, 2]", b'"text"'])
 def test_data_that_is_not_a_json_object_is_a_protocol_error(payload: bytes) -> None:
     with pytest.raises(SSEProtocolError):
-        SSEDecoder().feed(b"data: " + payload + b"\n\n")
+        parse_event(payload)
 
 
-# --- raw payloads: what the provider forwards without a JSON round trip -------------------
-
-
-def test_feed_raw_returns_the_payload_bytes_unparsed() -> None:
-    dec = SSEDecoder()
-    raw = [json.dumps(c, separators=(",", ":")).encode() for c in CHUNKS]
-    stream = b"".join(b"data: " + r + b"\n\n" for r in raw) + b"data: [DONE]\n\n"
-    assert dec.feed_raw(stream) == raw and dec.done
-
-
-def test_feed_raw_joins_multi_line_data_with_a_space_so_it_stays_one_sse_line() -> None:
-    dec = SSEDecoder()
-    assert dec.feed_raw(b'data: {"a":\ndata: 1}\n\n') == [b'{"a": 1}']
-
-
-def test_feed_raw_keeps_unparseable_data_for_the_caller_to_judge() -> None:
-    assert SSEDecoder().feed_raw(b"data: <html>\n\n") == [b"<html>"]
-
-
-def test_nothing_is_decoded_in_later_reads_after_done() -> None:
-    dec = SSEDecoder()
-    assert dec.feed_raw(b"data: [DONE]\n\n") == []
-    assert dec.feed_raw(b'data: {"late": 1}\n\n') == [] and dec.close_raw() == []
+@pytest.mark.parametrize(("payload", "ok"), [(b'{"a":1}', True), (b"<html>", False),
+                                             (b'{"a":1', False), (b"", False)])
+def test_an_unparsed_payload_must_look_like_an_object(payload: bytes, ok: bool) -> None:
+    if ok:
+        check_object_shape(payload)
+    else:
+        with pytest.raises(SSEProtocolError, match="not JSON"):
+            check_object_shape(payload)
 
 
 @pytest.mark.parametrize(

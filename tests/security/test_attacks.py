@@ -24,19 +24,19 @@ import pytest
 
 from proxy_router.chain.encoding import Receipt, sign_blob
 from proxy_router.chain.marketplace import Marketplace
-from proxy_router.devnet import Devnet, DevnetState
-from proxy_router.rpc import E2ECipher, ErrorCode, RpcClient, RpcError, SessionKey, Signer
-from proxy_router.rpc.protocol import (
+from proxy_router.dev.anvil import dev_key
+from proxy_router.dev.devnet import Devnet, DevnetState
+from proxy_router.morrpc import E2ECipher, ErrorCode, RpcClient, RpcError, SessionKey, Signer
+from proxy_router.morrpc.protocol import (
     MAX_FRAME_BYTES,
     MAX_PAYLOAD_BYTES,
     WS_PATH,
     encode_frame,
     request_frame,
 )
-from proxy_router.testing.anvil import dev_key
-from proxy_router.testing.ports import free_port
+from proxy_router.ports import free_port
 from tests.integration.conftest import MockBackend, logs_of, market_for
-from tests.integration.test_failures import chat, error_of, eventually, request, settled
+from tests.integration.helpers import chat, error_of, eventually, request, settled
 
 pytestmark = pytest.mark.integration
 
@@ -70,15 +70,6 @@ def net(backend: MockBackend, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def state(net: Devnet) -> DevnetState:
     assert net.state is not None
     return net.state
-
-
-@pytest.fixture(scope="module")
-async def market(state: DevnetState) -> AsyncIterator[Marketplace]:
-    reader = await market_for(state)
-    try:
-        yield reader
-    finally:
-        await reader.client.close()
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -350,12 +341,12 @@ async def test_backend_errors_reach_clients_without_urls_and_failover_earns_no_s
         assert "/v1/" not in text and ".py" not in text, text
 
         async def closed() -> bool:
-            return bool((await market.get_session(open_id))["closed"])
+            return (await market.get_session(open_id)).closed
         await eventually(closed, 30, "the failed-over session was not settled")
         dropped = await settled(market, open_id)
-        assert dropped["held"] > 0, "closed as a dispute: the provider's share is held"
+        assert dropped.held > 0, "closed as a dispute: the provider's share is held"
         after = await market.get_stats(state.provider_address, state.model_id)
-        assert after["successCount"] == stats["successCount"], "a failure is no success"
+        assert after.success_count == stats.success_count, "a failure is no success"
     finally:
         backend.start()
 
@@ -414,7 +405,7 @@ async def test_an_rpc_api_key_in_the_url_never_reaches_a_peer_or_the_log(
 
 
 def _router_command() -> list[str]:
-    from proxy_router.devnet import router_command
+    from proxy_router.dev.devnet import router_command
 
     return router_command()
 
@@ -478,7 +469,7 @@ async def test_a_hostile_registered_provider_answering_with_a_bomb_cannot_kill_t
 
 
 def _address(account: int) -> str:
-    from proxy_router.testing.anvil import dev_address
+    from proxy_router.dev.anvil import dev_address
 
     return dev_address(account)
 

@@ -16,7 +16,7 @@ and every coroutine runs on one private event loop in a background thread
 tests, so nothing depends on how it wraps hypothesis, and the socket and servers live
 across examples (module-scoped fixtures) instead of being rebuilt per example.
 
-Why the provider is a child process (``tests/rpc/serve.py``, the same handlers as the
+Why the provider is a child process (``tests/morrpc/serve.py``, the same handlers as the
 ``live`` fixture) rather than in-process: a frame that overflows the C stack
 (py_ecc raises the recursion limit to 100,000, so ``json.loads`` of ``"[" * 70000``
 segfaults) would kill pytest itself and lose the report of the whole run. In a child it
@@ -41,7 +41,7 @@ from collections import Counter
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
 import aiohttp
@@ -50,13 +50,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from proxy_router.chain.types import Model
 from proxy_router.consumer.access import AccessPolicy, token_path
 from proxy_router.consumer.api import ConsumerApi
 from proxy_router.consumer.chat import ChatService
 from proxy_router.metrics import Metrics
-from proxy_router.rpc import ErrorCode, RpcError, Signer
-from proxy_router.rpc.client import _chunk_frame
-from proxy_router.rpc.protocol import (
+from proxy_router.morrpc import ErrorCode, RpcError, Signer
+from proxy_router.morrpc.client import _chunk_frame
+from proxy_router.morrpc.protocol import (
     CANCEL,
     CREDIT,
     MAX_FRAME_BYTES,
@@ -66,11 +67,12 @@ from proxy_router.rpc.protocol import (
     encode_frame,
     request_frame,
 )
-from proxy_router.rpc.signing import new_nonce, recover_frame_signer
-from proxy_router.testing.ports import free_port
+from proxy_router.morrpc.signing import new_nonce, recover_frame_signer
+from proxy_router.ports import free_port, port_open
+from proxy_router.process import ManagedProcess, spawn
 from tests.consumer.conftest import FakeIndex, FakeSessions, consumer_settings
-from tests.rpc import serve as rpc_serve
-from tests.rpc.conftest import CONSUMER_KEY, PROVIDER_KEY, STRANGER_KEY
+from tests.morrpc import serve as rpc_serve
+from tests.morrpc.conftest import CONSUMER_KEY, PROVIDER_KEY, STRANGER_KEY
 
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -130,13 +132,6 @@ def signal_name(returncode: int | None) -> str:
 # -- 1. the provider under fire ---------------------------------------------------------------
 
 
-def _drain(source: IO[bytes], sink: IO[bytes]) -> None:
-    with contextlib.suppress(ValueError, OSError):  # the log closed at teardown
-        for line in source:
-            sink.write(line)
-            sink.flush()
-
-
 class LinkLost(Exception):
     """The socket ended while we waited for the ping's reply."""
 
@@ -149,12 +144,12 @@ class Probe:
 
 @dataclass
 class ProviderLink:
-    """``tests/rpc/serve.py`` in a child process and one raw WebSocket to it, reused across
+    """``tests/morrpc/serve.py`` in a child process and one raw WebSocket to it, reused across
     examples; a dead process or socket is replaced at the start of the next example."""
 
     runner: LoopThread
     log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
+    proc: ManagedProcess | None = None
     http: aiohttp.ClientSession | None = None
     ws: aiohttp.ClientWebSocketResponse | None = None
     starts: int = 0
@@ -162,41 +157,31 @@ class ProviderLink:
     _log_mark: int = 0
     results_per_nonce: Counter[str] = field(default_factory=Counter)
     _ids: Iterator[int] = field(default_factory=itertools.count)
-    _log: IO[bytes] | None = None
 
     # lifecycle
 
     def ensure(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None or not self.proc.running:
             self._start_process()
         if self.ws is None or self.ws.closed:
             self.runner.run(self._connect(), timeout=30)
 
     def _start_process(self) -> None:
         self._stop_process()
-        if self._log is None:
-            self._log = self.log_path.open("ab")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
         port = free_port()
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [sys.executable, rpc_serve.__file__, "--port", str(port), "--key", PROVIDER_KEY],
-            stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=REPO_ROOT)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line.startswith(b"READY"), f"provider did not start: {line!r}\n{self.log_tail()}"
-        # Its logs go to stdout too: drain them, or a full pipe blocks the provider.
-        threading.Thread(target=_drain, args=(self.proc.stdout, self._log), daemon=True,
-                         name="fuzz-provider-stdout").start()
+            name="fuzzed provider", env=env, cwd=REPO_ROOT, log_path=self.log_path,
+            ready=lambda: port_open(port), timeout=30)
         self.url = f"ws://127.0.0.1:{port}/mor-rpc"
         self.starts += 1
 
     def _stop_process(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
+        if proc is not None and proc.running:
+            proc.kill(timeout=10)
 
     async def _connect(self) -> None:
         await self._disconnect()
@@ -220,8 +205,6 @@ class ProviderLink:
             self.runner.run(self._disconnect(), timeout=10)
         finally:
             self._stop_process()
-            if self._log is not None:
-                self._log.close()
 
     def log_tail(self, n: int = 3000) -> str:
         """The provider's output since the current example began (its last ``n`` bytes)."""
@@ -288,7 +271,7 @@ class ProviderLink:
         returncode = None
         if proc is not None:
             try:
-                returncode = proc.wait(3)
+                returncode = proc.popen.wait(3)
             except subprocess.TimeoutExpired:
                 returncode = None
         if returncode is not None:
@@ -626,9 +609,9 @@ ALLOWED_5XX = {(503, "no_bids")}
 class FuzzIndex(FakeIndex):
     """Knows one model, so valid bodies get past ``resolve_model`` into the chat path."""
 
-    def find_model(self, name: str) -> dict[str, Any] | None:
+    def find_model(self, name: str) -> Model | None:
         if name in (MODEL, MODEL_ID):
-            return {"id": MODEL_ID, "name": MODEL}
+            return Model(id=MODEL_ID, name=MODEL, created_at=1)
         return None
 
 
@@ -840,9 +823,9 @@ def test_the_consumer_reads_any_provider_frame_as_a_dict_or_an_rpc_error(text: s
 BOMB_SCRIPT = """
 import sys
 import eth_account  # noqa: F401  (imports py_ecc, which raises the recursion limit)
-from proxy_router.rpc.client import _chunk_frame
-from proxy_router.rpc.errors import RpcError
-from proxy_router.rpc.protocol import decode_frame
+from proxy_router.morrpc.client import _chunk_frame
+from proxy_router.morrpc.errors import RpcError
+from proxy_router.morrpc.protocol import decode_frame
 
 n = int(sys.argv[1])
 for text in ("[" * n + "]" * n, '{"a":' * n + "1" + "}" * n, "[" * n,

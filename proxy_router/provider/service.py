@@ -1,0 +1,495 @@
+"""The provider proxy-router: MOR-RPC methods on top of chain, capacity and backends.
+
+``session.request`` signs approvals, ``session.prompt`` runs every check of
+DESIGN.md §3 and streams the backend's chunks (encrypted by the transport),
+``session.report`` signs the receipt the user settles with,
+``provider.capabilities`` describes this provider.
+
+An approval must cost its asker something real before it costs us anything: it is
+signed only for a requester holding the MOR for the bid's shortest session and ETH
+for the gas, while this requester's unused approvals are under the cap, a slot is
+free and the model's backend answers. Every refusal is decided before any state is
+written. Peers get stable codes and generic messages; details (URLs, paths,
+backend texts) go to the log, redacted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+import aiohttp
+import structlog
+from eth_abi.packed import encode_packed
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak, to_checksum_address
+
+from proxy_router import __version__, bounded_json
+from proxy_router.chain.client import ChainClient
+from proxy_router.chain.encoding import Approval, Receipt, sign_blob
+from proxy_router.chain.errors import ChainError
+from proxy_router.chain.index import MarketEvent, MarketIndex
+from proxy_router.chain.marketplace import Marketplace, to_bytes32
+from proxy_router.chain.types import Bid, Session, SessionStatus, same_address
+from proxy_router.metrics import Metrics
+from proxy_router.morrpc import ErrorCode, RequestContext, RpcError, RpcServer
+from proxy_router.morrpc.protocol import MAX_FRAME_BYTES, SSE_FORMAT
+from proxy_router.provider.approvals import ApprovalLedger, TooManyApprovals
+from proxy_router.provider.backend import (
+    BackendError,
+    BackendFailure,
+    BackendTimeouts,
+    BackendUnavailable,
+    OpenAIBackend,
+)
+from proxy_router.provider.backend_health import BackendMonitor
+from proxy_router.provider.capacity import CapacityManager, NoCapacity, SessionBusy
+from proxy_router.provider.hardware import detect_hardware
+from proxy_router.provider.models_config import ModelsConfig, normalize_model_id
+from proxy_router.provider.usage import UsageMeter, estimate_prompt_tokens
+from proxy_router.ratelimit import RateLimiter
+from proxy_router.store.db import Store
+
+log = structlog.get_logger(__name__)
+
+MIN_SESSION_SECONDS = 300
+"""The contract's shortest session: the least a requester must be able to pay for."""
+OPEN_SESSION_GAS = 250_000
+"""Gas of ``openSession`` plus a MOR ``approve``, which the requester must afford."""
+_GAS_PRICE_TTL_S = 30.0
+_T = TypeVar("_T")
+
+
+def _param(params: dict[str, Any], name: str) -> str:
+    value = params.get(name)
+    if not isinstance(value, str) or not value:
+        raise RpcError(ErrorCode.BAD_REQUEST, f"params.{name} must be a non-empty string")
+    return value
+
+
+def _bytes32(params: dict[str, Any], name: str) -> str:
+    value = _param(params, name).lower()
+    try:
+        to_bytes32(value)
+    except ValueError:
+        raise RpcError(ErrorCode.BAD_REQUEST, f"params.{name} must be a 0x 32-byte id") from None
+    return value
+
+
+def _check_format(params: dict[str, Any]) -> None:
+    """Stream chunks are ready-to-write SSE bytes, the one chunk format of MOR-RPC v1."""
+    fmt = params.get("format")
+    if fmt is not None and fmt != SSE_FORMAT:
+        raise RpcError(ErrorCode.BAD_REQUEST, f'params.format must be "{SSE_FORMAT}"')
+
+
+def _chat_body(ctx: RequestContext) -> dict[str, Any]:
+    """The sealed prompt, opened: an OpenAI chat request with a ``messages`` list."""
+    try:
+        body = bounded_json.loads(ctx.open_payload(), max_bytes=MAX_FRAME_BYTES)
+    except RpcError:
+        raise
+    except ValueError:
+        raise RpcError(ErrorCode.BAD_REQUEST, "payload is not a JSON object") from None
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        raise RpcError(ErrorCode.BAD_REQUEST, "payload must be a chat request with messages")
+    return body
+
+
+class ProviderService:
+    """The provider's MOR-RPC handlers, its capacity and approval bookkeeping, and the
+    settlement of sessions its users left open."""
+
+    def __init__(self, *, account: LocalAccount, market: Marketplace, index: MarketIndex,
+                 models: ModelsConfig, backend_urls: dict[str, str], store: Store,
+                 http: aiohttp.ClientSession, backend_timeouts: BackendTimeouts | None = None,
+                 capacity: CapacityManager | None = None, close_grace_s: int = 60,
+                 metrics: Metrics | None = None, prompts_per_session: int = 1,
+                 approvals_per_user: int = 3,
+                 session_requests_per_ip_s: float = 20.0) -> None:
+        self.account = account
+        self.address = account.address
+        self.market = market
+        self.index = index
+        self.models = models
+        self.store = store
+        self.capacity = capacity or CapacityManager(models.slots_by_model(),
+                                                    prompts_per_session=prompts_per_session)
+        self.approvals = ApprovalLedger(per_user=approvals_per_user)
+        self.request_rate = RateLimiter(session_requests_per_ip_s,
+                                        burst=max(1.0, 2 * session_requests_per_ip_s))
+        self.backends = {
+            normalize_model_id(m.model_id): OpenAIBackend(
+                backend_urls[normalize_model_id(m.model_id)], model_name=m.model_name,
+                session=http, api_key=m.api_key, timeouts=backend_timeouts)
+            for m in models.models
+        }
+        self.health = BackendMonitor(self.backends, http)
+        self.close_grace_s = close_grace_s
+        self.metrics = metrics or Metrics("provider")
+        self._http = http
+        self._sessions: dict[str, Session] = {}
+        """Our own open sessions as read from the chain (evicted at close or end)."""
+        self._gas_price: tuple[float, int] = (0.0, 0)
+        index.subscribe(self._on_event)
+
+    # -- wiring ----------------------------------------------------------------
+
+    def register(self, server: RpcServer) -> None:
+        server.method("session.request")(self.session_request)
+        server.method("session.prompt", stream=True)(self.session_prompt)
+        server.method("session.report")(self.session_report)
+        server.method("provider.capabilities")(self.capabilities)
+
+    def _is_ours(self, address: str | None) -> bool:
+        return same_address(address, self.address)
+
+    @property
+    def open_sessions(self) -> int:
+        """Sessions with this provider that the index knows open (read at scrape time)."""
+        return sum(1 for s in self.index.sessions.values()
+                   if not s.closed and self._is_ours(s.provider))
+
+    def rebuild_capacity(self) -> int:
+        """Count our sessions the index knows open (after a restart); returns how many."""
+        now = self.index.chain_now()
+        n = 0
+        for session_id, session in self.index.sessions.items():
+            if (self._is_ours(session.provider) and session.status(now) is SessionStatus.OPEN
+                    and self.capacity.serves(session.model_id)):
+                self.capacity.track_session(session_id, session.model_id,
+                                            float(session.ends_at))
+                n += 1
+        log.info("capacity_rebuilt", open_sessions=n)
+        return n
+
+    async def _on_event(self, event: MarketEvent) -> None:
+        session_id = event.session_id
+        if session_id is None or not self._is_ours(event.provider):
+            return
+        if event.name == "SessionOpened":
+            self.approvals.consume(session_id)
+            session = self.index.sessions.get(session_id)
+            if session is not None and self.capacity.serves(session.model_id):
+                self.capacity.track_session(session_id, session.model_id,
+                                            float(session.ends_at))
+        elif event.name == "SessionClosed":
+            self.capacity.release_session(session_id)
+            self._sessions.pop(session_id, None)
+
+    # -- session.request --------------------------------------------------------
+
+    async def session_request(self, params: dict[str, Any], ctx: RequestContext
+                              ) -> dict[str, Any]:
+        if not self.request_rate.allow(ctx.remote or "?"):
+            raise RpcError(ErrorCode.RATE_LIMITED, "too many session requests from this address")
+        bid_id = _bytes32(params, "bidId")
+        user = to_checksum_address(ctx.sender)
+        if self._is_ours(user):
+            raise RpcError(ErrorCode.BAD_REQUEST, "a provider cannot open a session on itself")
+        await self._forget_opened_approvals(user)
+        self._check_approval_cap(user)
+        bid = self.index.bids.get(bid_id)
+        if bid is None:
+            bid = await self._read(self.market.get_bid(bid_id))
+        model_id = await self._check_bid(bid)
+        await self._check_funds(user, bid.price_per_second)
+        self._check_approval_cap(user)  # again: other requests of this user ran meanwhile
+        approval, signature = self._sign_approval(user, bid_id)
+        log.info("approval_signed", bid=bid_id, user=user)
+        return {"approval": "0x" + approval.hex(), "approvalSig": "0x" + signature.hex(),
+                "bidId": bid_id, "modelId": model_id,
+                "pricePerSecond": str(bid.price_per_second),
+                "promptsPerSession": self.capacity.prompts_per_session}
+
+    async def _check_bid(self, bid: Bid) -> str:
+        """The bid is active, ours, for a model served here with a free slot and a backend
+        that answers; returns its model id."""
+        if not bid.active:
+            raise RpcError(ErrorCode.BID_NOT_FOUND, f"bid {bid.id} is not active")
+        if not self._is_ours(bid.provider):
+            raise RpcError(ErrorCode.WRONG_PROVIDER, f"bid {bid.id} belongs to {bid.provider}")
+        model_id = normalize_model_id(bid.model_id)
+        if model_id not in self.backends:
+            raise RpcError(ErrorCode.MODEL_NOT_SERVED, f"model {model_id} is not served here")
+        try:
+            self.capacity.check_approve(model_id)
+        except NoCapacity as exc:
+            raise RpcError(ErrorCode.NO_CAPACITY, str(exc)) from None
+        if not await self.health.is_up(model_id):
+            raise RpcError(ErrorCode.BACKEND_UNAVAILABLE,
+                           "the model server for this bid is down; try another provider")
+        return model_id
+
+    def _sign_approval(self, user: str, bid_id: str) -> tuple[bytes, bytes]:
+        """The approval ``openSession`` takes and our signature, recorded in the ledger
+        under the id of the session it will open."""
+        stamp = self.approvals.timestamp_for(user, bid_id, self.index.chain_now())
+        bid_bytes = bytes.fromhex(bid_id[2:])
+        approval = Approval(bid_bytes, self.market.client.chain_id, user, stamp).encode()
+        signature = sign_blob(self.account, approval)
+        session_id = keccak(encode_packed(["address", "address", "bytes32", "bytes32"],
+                                          [user, self.address, bid_bytes, keccak(approval)]))
+        self.approvals.add(user, bid_id, stamp, "0x" + session_id.hex())
+        return approval, signature
+
+    async def _forget_opened_approvals(self, user: str) -> None:
+        """A user at the cap may have opened sessions our index has not seen yet: ask the
+        chain about those (a few reads, and only for a user who was given approvals)."""
+        if self.approvals.outstanding(user) < self.approvals.per_user:
+            return
+        for session_id in self.approvals.sessions_of(user):
+            session = await self._read(self.market.get_session(session_id))
+            if session.exists:
+                self.approvals.consume(session_id)
+
+    def _check_approval_cap(self, user: str) -> None:
+        try:
+            self.approvals.check(user)
+        except TooManyApprovals as exc:
+            raise RpcError(ErrorCode.TOO_MANY_APPROVALS, str(exc)) from None
+
+    async def _check_funds(self, user: str, price_per_second: int) -> None:
+        """The requester can pay the bid's shortest session and the gas to open it."""
+        need = price_per_second * MIN_SESSION_SECONDS
+        mor = await self._read(self.market.mor_balance(user))
+        if mor < need:
+            raise RpcError(ErrorCode.INSUFFICIENT_FUNDS,
+                           f"a session on this bid needs at least {need} MOR wei "
+                           f"({MIN_SESSION_SECONDS} s); the address holds {mor}")
+        gas_wei = OPEN_SESSION_GAS * await self._gas_price_wei()
+        eth = await self._read(self.market.eth_balance(user))
+        if eth < gas_wei:
+            raise RpcError(ErrorCode.INSUFFICIENT_FUNDS,
+                           f"opening a session needs about {gas_wei} wei of gas; "
+                           f"the address holds {eth}")
+
+    async def _gas_price_wei(self) -> int:
+        at, price = self._gas_price
+        if time.monotonic() - at > _GAS_PRICE_TTL_S:
+            price = int(await self._read(ChainClient._guard(self.market.client.w3.eth.gas_price)))
+            self._gas_price = (time.monotonic(), price)
+        return price
+
+    # -- session.prompt ---------------------------------------------------------
+
+    async def session_prompt(self, params: dict[str, Any], ctx: RequestContext
+                             ) -> AsyncIterator[bytes | dict[str, Any]]:
+        session_id = _bytes32(params, "sessionId")
+        _check_format(params)
+        session = await self._check_session(session_id, ctx.sender)
+        model_id = normalize_model_id(session.model_id)
+        backend = self.backends.get(model_id)
+        if backend is None:
+            raise RpcError(ErrorCode.MODEL_NOT_SERVED, f"model {model_id} is not served here")
+        ctx.use_peer_key(_param(params, "key"))
+        body = _chat_body(ctx)
+        meter = UsageMeter(prompt_tokens_estimate=estimate_prompt_tokens(body))
+        try:
+            async with self.capacity.prompt_slot(model_id, session_id):
+                async for item in self._generate(model_id, backend, body, meter):
+                    yield item
+        except NoCapacity as exc:
+            raise RpcError(ErrorCode.NO_CAPACITY, str(exc)) from None
+        except SessionBusy as exc:
+            raise RpcError(ErrorCode.SESSION_BUSY, str(exc),
+                           {"promptsPerSession": exc.limit}) from None
+        await self._record_usage(session_id, backend, body, meter, ctx)
+
+    async def _record_usage(self, session_id: str, backend: OpenAIBackend,
+                            body: dict[str, Any], meter: UsageMeter,
+                            ctx: RequestContext) -> None:
+        """The prompt's figures: into the signed trailer, the metrics and the store (the
+        receipt of ``session.report`` sums them)."""
+        usage = meter.result()
+        ctx.trailer["usage"] = {"prompt_tokens": usage.prompt_tokens,
+                                "completion_tokens": usage.completion_tokens,
+                                "ttft_ms": usage.ttft_ms, "tps_x1000": usage.tps_x1000}
+        self.metrics.observe_answer(backend.model_name, usage=ctx.trailer["usage"],
+                                    ttft_s=usage.ttft_ms / 1000 if body.get("stream", True)
+                                    else None)
+        await self.store.record_usage(session_id, usage.prompt_tokens, usage.completion_tokens,
+                                      usage.ttft_ms, usage.tps_x1000)
+
+    async def _known_session(self, session_id: str, *, cache: bool) -> Session:
+        """The session from our cache or the chain; ``SESSION_NOT_FOUND`` if it never opened.
+
+        Only our own sessions are cached (``cache``): their SessionClosed event evicts
+        them, so probing other providers' session ids cannot grow the cache.
+        """
+        session = self._sessions.get(session_id)
+        if session is not None:
+            return session
+        session = await self._read(self.market.get_session(session_id))
+        if not session.exists:
+            raise RpcError(ErrorCode.SESSION_NOT_FOUND, f"session {session_id} not found")
+        if cache and self._is_ours(session.provider):
+            self._sessions[session_id] = session
+        return session
+
+    async def _check_session(self, session_id: str, sender: str) -> Session:
+        """Every per-prompt check of DESIGN.md §3, each with its own error code."""
+        session = await self._known_session(session_id, cache=True)
+        indexed = self.index.sessions.get(session_id)
+        if session.closed or (indexed is not None and indexed.closed):
+            raise RpcError(ErrorCode.SESSION_CLOSED, f"session {session_id} is closed")
+        if not self._is_ours(session.provider):
+            raise RpcError(ErrorCode.WRONG_PROVIDER,
+                           f"session {session_id} is with provider {session.provider}")
+        if not same_address(session.user, sender):
+            raise RpcError(ErrorCode.NOT_SESSION_USER,
+                           f"session {session_id} belongs to another user")
+        if self.index.chain_now() >= session.ends_at:
+            raise RpcError(ErrorCode.SESSION_EXPIRED, f"session {session_id} has ended")
+        if not self.capacity.tracks(session_id) and self.capacity.serves(session.model_id):
+            # opened while we were down, or its event is not indexed yet: it holds a slot
+            self.approvals.consume(session_id)
+            self.capacity.track_session(session_id, session.model_id, float(session.ends_at))
+        return session
+
+    # -- session.report ---------------------------------------------------------
+
+    async def session_report(self, params: dict[str, Any], ctx: RequestContext
+                             ) -> dict[str, Any]:
+        session_id = _bytes32(params, "sessionId")
+        session = await self._known_session(session_id, cache=False)
+        if not self._is_ours(session.provider):
+            raise RpcError(ErrorCode.WRONG_PROVIDER, "session is with another provider")
+        if not same_address(session.user, ctx.sender):
+            raise RpcError(ErrorCode.NOT_SESSION_USER, "session belongs to another user")
+        receipt, signature, usage = await self._signed_receipt(session_id)
+        return {"receipt": "0x" + receipt.hex(), "signature": "0x" + signature.hex(),
+                "usage": usage}
+
+    async def _signed_receipt(self, session_id: str) -> tuple[bytes, bytes, dict[str, int]]:
+        """The receipt for ``closeSession``: this session's measured usage, signed."""
+        usage = await self.store.usage(session_id)
+        prompts = max(1, usage["prompts"])
+        receipt = Receipt(
+            session_id=bytes.fromhex(session_id[2:]),
+            chain_id=self.market.client.chain_id,
+            timestamp=self.index.chain_now(),
+            tps_x1000=usage["tps_x1000_sum"] // prompts,
+            ttft_ms=usage["ttft_ms_sum"] // prompts,
+            prompt_tokens=usage["prompt_tokens"],
+            completion_tokens=usage["completion_tokens"],
+        ).encode()
+        return receipt, sign_blob(self.account, receipt), usage
+
+    # -- settlement of what we are owed ----------------------------------------
+
+    async def sweep(self) -> None:
+        """Close our sessions their users left open past the grace period (we are paid
+        for the full duration), and claim disputed shares once they are released."""
+        now = self.index.chain_now()
+        for session_id in [s for s, v in self._sessions.items() if v.ends_at <= now]:
+            del self._sessions[session_id]
+        for session_id, session in list(self.index.sessions.items()):
+            if self._is_ours(session.provider):
+                await self._settle(session_id, session, now)
+
+    async def _settle(self, session_id: str, session: Session, now: int) -> None:
+        try:
+            if not session.closed and now >= session.ends_at + self.close_grace_s:
+                receipt, signature, _ = await self._signed_receipt(session_id)
+                tx = await self.market.close_session(receipt, signature)
+                log.info("expired_session_closed", session=session_id, tx=tx.tx_hash,
+                         earned=str(tx.event("SessionSettled")["providerEarned"]))
+            elif (session.closed and session.held and not session.claimed
+                  and now >= session.release_at):
+                tx = await self.market.claim_for_provider(session_id)
+                log.info("disputed_share_claimed", session=session_id, tx=tx.tx_hash,
+                         amount=str(tx.event("ProviderClaimed")["amount"]))
+        except ChainError as exc:
+            # Reverts here mean the user settled first: the index catches up.
+            log.info("provider_settlement_skipped", session=session_id, error=str(exc))
+
+    # -- health -----------------------------------------------------------------
+
+    async def backend_health(self) -> dict[str, dict[str, Any]]:
+        """One component per model: does its backend answer ``GET /models``?"""
+        return await self.health.health()
+
+    # -- provider.capabilities ---------------------------------------------------
+
+    async def capabilities(self, params: dict[str, Any], ctx: RequestContext
+                           ) -> dict[str, Any]:
+        snapshot = self.capacity.snapshot()
+        return {
+            "version": __version__,
+            "address": self.address,
+            "hardware": _integers_only(detect_hardware()),
+            "models": [
+                {"modelId": normalize_model_id(m.model_id), "modelName": m.model_name,
+                 "slots": m.concurrent_slots,
+                 "capacity": snapshot.get(normalize_model_id(m.model_id), {})}
+                for m in self.models.models
+            ],
+            "promptsPerSession": self.capacity.prompts_per_session,
+            "unusedApprovals": len(self.approvals),
+        }
+
+    @staticmethod
+    async def _read(awaitable: Awaitable[_T]) -> _T:
+        """A chain read; a failure is ``CHAIN_UNAVAILABLE`` with no detail for the peer
+        (RPC URLs carry API keys), the detail in our log."""
+        try:
+            return await awaitable
+        except ChainError as exc:
+            log.warning("chain_read_failed", error=str(exc))
+            raise RpcError(ErrorCode.CHAIN_UNAVAILABLE,
+                           "the provider cannot reach its chain right now; retry later") from None
+
+    async def _generate(self, model_id: str, backend: OpenAIBackend, body: dict[str, Any],
+                        meter: UsageMeter) -> AsyncIterator[bytes | dict[str, Any]]:
+        """``_generate`` with backend failures as RPC errors that name no URL or path."""
+        try:
+            async for item in _generate(backend, body, meter):
+                yield item
+        except BackendUnavailable as exc:
+            self.health.mark_down(model_id)
+            log.warning("backend_unavailable", model=backend.model_name, reason=exc.reason)
+            raise RpcError(ErrorCode.BACKEND_UNAVAILABLE, "the model server is unavailable") \
+                from None
+        except BackendError as exc:
+            log.warning("backend_error", model=backend.model_name, status=exc.status,
+                        message=exc.message)
+            raise RpcError(ErrorCode.BACKEND_ERROR,
+                           f"the model server refused the request (HTTP {exc.status})",
+                           {"status": exc.status}) from None
+        except BackendFailure as exc:
+            log.warning("backend_failed", model=backend.model_name, error=str(exc))
+            raise RpcError(ErrorCode.BACKEND_ERROR, "the model server's answer broke off") \
+                from None
+        self.health.mark_up(model_id)
+
+
+async def _generate(backend: OpenAIBackend, body: dict[str, Any], meter: UsageMeter
+                    ) -> AsyncIterator[bytes | dict[str, Any]]:
+    """Backend chunks (or one whole reply), measured.
+
+    A stream is forwarded without a JSON round trip: each chunk is ready-to-write SSE
+    bytes holding every event one backend read brought (``data: {…}`` and a blank line
+    each). A non-stream reply is one JSON chunk.
+    """
+    if body.get("stream", True):
+        async with contextlib.aclosing(backend.stream_events(body, meter)) as batches:
+            async for batch in batches:
+                yield b"data: " + b"\n\ndata: ".join(batch) + b"\n\n"
+    else:
+        response = await backend.complete_chat(body)
+        meter.observe_response(response)
+        yield response
+
+
+def _integers_only(value: Any) -> Any:
+    """Signed frames are canonical JSON (no floats): render floats as strings."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict):
+        return {k: _integers_only(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integers_only(v) for v in value]
+    return value
