@@ -7,14 +7,23 @@ one line naming the variable (see ``describe_error``), never a traceback.
 from __future__ import annotations
 
 import ipaddress
+import json
+from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from eth_utils import is_address, to_checksum_address
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from proxy_router.keystore import KeystoreError, load_key, read_password
+from proxy_router.networks import NETWORKS, NetworkName
+
 Role = Literal["provider", "consumer"]
+
+
+class ConfigurationError(Exception):
+    """Settings that parse but cannot work (missing models file, wrong chain, no key...)."""
 
 
 def _address(value: str) -> str:
@@ -56,14 +65,28 @@ class Settings(BaseSettings):
                                       extra="ignore", case_sensitive=False)
 
     # Chain
+    network: NetworkName | None = Field(
+        None, description="preset chain id, confirmations and polling (chain/networks.py)")
     eth_node_address: str = Field(
         "http://127.0.0.1:8545", description="RPC URL, or several separated by commas")
     eth_node_chain_id: int | None = Field(None, description="expected chain id (checked)")
     eth_node_polling_interval: float = Field(1.0, gt=0, le=60)
     eth_node_confirmations: int = Field(0, ge=0)
-    wallet_private_key: SecretStr = Field(..., description="0x-hex secp256k1 key")
-    marketplace_address: str
-    mor_token_address: str
+    eth_node_start_block: int | None = Field(
+        None, ge=0, description="block the market index starts at (the deployment block)")
+    eth_node_max_log_range: int = Field(
+        5_000, ge=1, description="widest eth_getLogs range asked for (narrowed on refusal)")
+    deployment_file: Path | None = Field(
+        None, description="JSON written by `proxy-router deploy`: addresses and deploy block")
+
+    # Wallet: a plain key, or an encrypted keystore
+    wallet_private_key: SecretStr | None = Field(None, description="0x-hex secp256k1 key")
+    keystore_path: Path | None = Field(None, description="Web3 Secret Storage key file")
+    keystore_password_file: Path | None = Field(
+        None, description="file holding the keystore's password (else asked in a terminal)")
+
+    marketplace_address: str | None = None
+    mor_token_address: str | None = None
 
     # Listeners and storage
     proxy_address: str = "0.0.0.0:3333"
@@ -117,16 +140,53 @@ class Settings(BaseSettings):
 
     @field_validator("marketplace_address", "mor_token_address")
     @classmethod
-    def _check_address(cls, value: str) -> str:
-        return _address(value)
+    def _check_address(cls, value: str | None) -> str | None:
+        return None if value is None else _address(value)
 
     @field_validator("wallet_private_key")
     @classmethod
-    def _check_key(cls, value: SecretStr) -> SecretStr:
+    def _check_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
         raw = value.get_secret_value().removeprefix("0x")
         if len(raw) != 64 or any(c not in "0123456789abcdefABCDEF" for c in raw):
             raise ValueError("must be a 32-byte hex private key")
         return value
+
+    @field_validator("wallet_private_key", "keystore_path", "keystore_password_file",
+                     "marketplace_address", "mor_token_address", "deployment_file",
+                     "eth_node_start_block", "network", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _apply_network_and_deployment(self) -> Settings:
+        """A ``NETWORK`` preset and a deployment file fill what the user did not set."""
+        given = self.model_fields_set
+        if self.network is not None:
+            preset = NETWORKS[self.network]
+            if "eth_node_chain_id" not in given:
+                self.eth_node_chain_id = preset.chain_id
+            if "eth_node_confirmations" not in given:
+                self.eth_node_confirmations = preset.confirmations
+            if "eth_node_polling_interval" not in given:
+                self.eth_node_polling_interval = preset.polling_interval_s
+            if "eth_node_max_log_range" not in given:
+                self.eth_node_max_log_range = preset.max_log_range
+        if self.deployment_file is not None and self.deployment_file.is_file():
+            dep = _read_deployment(self.deployment_file)
+            self.marketplace_address = self.marketplace_address or _address(
+                dep["marketplace_address"])
+            self.mor_token_address = self.mor_token_address or _address(
+                dep["mor_token_address"])
+            if self.eth_node_start_block is None:
+                self.eth_node_start_block = int(dep.get("block_number", 0))
+            if self.eth_node_chain_id is None and "chain_id" in dep:
+                self.eth_node_chain_id = int(dep["chain_id"])
+        if self.wallet_private_key is not None and self.keystore_path is not None:
+            raise ValueError("set WALLET_PRIVATE_KEY or KEYSTORE_PATH, not both")
+        return self
 
     @field_validator("api_token", "api_basic_auth", mode="before")
     @classmethod
@@ -189,8 +249,33 @@ class Settings(BaseSettings):
         return {_address(v.strip()) for v in self.provider_allowlist.split(",") if v.strip()}
 
     @property
+    def has_key(self) -> bool:
+        return self.wallet_private_key is not None or self.keystore_path is not None
+
+    @cached_property
     def private_key(self) -> str:
-        return self.wallet_private_key.get_secret_value()
+        """The wallet's key: ``WALLET_PRIVATE_KEY``, or ``KEYSTORE_PATH`` unlocked (once)."""
+        if self.wallet_private_key is not None:
+            return self.wallet_private_key.get_secret_value()
+        if self.keystore_path is None:
+            raise ConfigurationError("a wallet is required: set KEYSTORE_PATH (with "
+                                     "KEYSTORE_PASSWORD_FILE) or WALLET_PRIVATE_KEY")
+        try:
+            password = read_password(self.keystore_password_file,
+                                     prompt=f"password for {self.keystore_path}: ")
+            return load_key(self.keystore_path, password)
+        except KeystoreError as exc:
+            raise ConfigurationError(f"KEYSTORE_PATH: {exc}") from None
+
+    def market_addresses(self) -> tuple[str, str]:
+        """(marketplace, MOR token), or a ConfigurationError naming what is missing."""
+        if self.marketplace_address is None or self.mor_token_address is None:
+            missing = [name for name, value in (("MARKETPLACE_ADDRESS", self.marketplace_address),
+                                                ("MOR_TOKEN_ADDRESS", self.mor_token_address))
+                       if value is None]
+            raise ConfigurationError(f"{' and '.join(missing)} is required (or a "
+                                     "DEPLOYMENT_FILE written by `proxy-router deploy`)")
+        return self.marketplace_address, self.mor_token_address
 
     @property
     def origins(self) -> frozenset[str]:
@@ -205,15 +290,27 @@ class Settings(BaseSettings):
         return None
 
 
+def _read_deployment(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read deployment file {path}: {exc}") from None
+    if not isinstance(data, dict) or not {"marketplace_address",
+                                          "mor_token_address"} <= data.keys():
+        raise ValueError(f"{path} is not a deployment file (no contract addresses)")
+    return data
+
+
 def describe_error(exc: ValidationError) -> str:
     """One line per bad variable, named as in the environment."""
     lines = []
     for err in exc.errors():
-        name = "_".join(str(p) for p in err["loc"]).upper() or "configuration"
+        name = "_".join(str(p) for p in err["loc"]).upper()
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":
             msg = "is required but not set"
-        lines.append(f"invalid configuration: {name} {msg}")
+        lines.append(f"invalid configuration: {name} {msg}" if name
+                     else f"invalid configuration: {msg}")
     return "\n".join(lines)
 
 

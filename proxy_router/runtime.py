@@ -21,7 +21,7 @@ from proxy_router.chain.client import ChainClient
 from proxy_router.chain.errors import ChainError, ChainUnavailable
 from proxy_router.chain.index import MarketIndex
 from proxy_router.chain.marketplace import Marketplace
-from proxy_router.config import Settings, split_host_port
+from proxy_router.config import ConfigurationError, Settings, split_host_port
 from proxy_router.health import health_response
 from proxy_router.metrics import Metrics
 from proxy_router.netguard import ConnectionLimits, serve_app
@@ -29,10 +29,6 @@ from proxy_router.periodic import run_periodically
 from proxy_router.store.db import Store
 
 log = structlog.get_logger(__name__)
-
-
-class ConfigurationError(Exception):
-    """Settings that parse but cannot work (missing models file, wrong chain...)."""
 
 
 async def connect_chain(settings: Settings, *, retry_s: float = 2.0,
@@ -74,12 +70,16 @@ class Router:
             raise ConfigurationError("MODELS_CONFIG_PATH is required for the provider role")
         if role == "consumer" and (problem := settings.consumer_problem()):
             raise ConfigurationError(problem)
+        addresses = settings.market_addresses()
+        settings.private_key  # noqa: B018 -- unlock a keystore now: fail before any side effect
         store = await Store.open(settings.proxy_storage_path, role)
         client = await connect_chain(settings)
-        market = Marketplace(client, settings.marketplace_address, settings.mor_token_address)
+        market = Marketplace(client, *addresses)
         index = MarketIndex(market, store,
                             poll_interval=settings.eth_node_polling_interval,
-                            confirmations=settings.eth_node_confirmations)
+                            confirmations=settings.eth_node_confirmations,
+                            start_block=settings.eth_node_start_block or 0,
+                            max_log_range=settings.eth_node_max_log_range)
         metrics = Metrics("provider" if role == "provider" else "consumer")
         metrics.follow_market(index, client.address)
         return cls(role, settings, store, client, market, index, aiohttp.ClientSession(),

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from web3 import AsyncWeb3
+from web3.exceptions import Web3RPCError
 from web3.providers.persistent import WebSocketProvider
 
 from proxy_router.chain.artifacts import event_topics
-from proxy_router.chain.client import ChainClient
-from proxy_router.chain.errors import ChainError
+from proxy_router.chain.client import TRANSIENT_ERRORS, ChainClient
+from proxy_router.chain.errors import ChainError, ChainUnavailable
 from proxy_router.chain.marketplace import Marketplace
 from proxy_router.chain.types import (
     RECORD_TYPES,
@@ -35,12 +37,23 @@ from proxy_router.chain.types import (
     normalize_id,
     same_address,
 )
+from proxy_router.redact import redact_text
 from proxy_router.store.db import Store
 
 log = structlog.get_logger(__name__)
 
 CHECKPOINT_KEY = "index.checkpoint"
 MAX_LOG_RANGE = 5_000
+REORG_MEMORY = 64  # recent (block, hash) checkpoints kept to find where a reorg forked
+REORG_FALLBACK_BLOCKS = 256  # rewind this far when no remembered block survived a reorg
+MAX_BACKOFF_S = 60.0
+# How nodes say an eth_getLogs range is too wide (Alchemy, Infura, QuickNode, BASE, ...).
+RANGE_REFUSALS = re.compile(
+    r"block range|range (is )?too (large|wide|big)|too many (results|logs|blocks)|"
+    r"more than \d+ results|exceed(s|ed)? (the )?max|limited to a? ?[\d,]+|"
+    r"response size|query timeout|maximum [\w ]*range", re.IGNORECASE)
+RATE_LIMITS = re.compile(r"rate limit|too many requests|429|request limit|capacity",
+                         re.IGNORECASE)
 KINDS = ("provider", "model", "bid", "session")
 # Events that change a provider's view (its stake, endpoint or active-bid count).
 PROVIDER_EVENTS = {"ProviderRegistered", "ProviderDeregistered", "BidPosted", "BidDeleted",
@@ -86,7 +99,7 @@ Listener = Callable[[MarketEvent], Awaitable[None] | None]
 class MarketIndex:
     def __init__(self, market: Marketplace, store: Store, *,
                  poll_interval: float = 1.0, confirmations: int = 0,
-                 start_block: int = 0) -> None:
+                 start_block: int = 0, max_log_range: int = MAX_LOG_RANGE) -> None:
         self.market = market
         self.client = market.client
         self.contract = market.contract
@@ -99,6 +112,13 @@ class MarketIndex:
         self.bids: dict[str, Bid] = {}
         self.sessions: dict[str, Session] = {}
         self.checkpoint = start_block - 1
+        self.max_log_range = max_log_range
+        self.log_range = max_log_range
+        """The ``eth_getLogs`` span asked for now: halved when a node refuses one,
+        doubled back after a run of answered ones."""
+        self.reorgs = 0
+        self._answered = 0
+        self._folded: list[tuple[int, str]] = []  # recent (checkpoint, block hash), oldest first
         self.head = 0
         self.head_timestamp = 0
         self.last_error: str | None = None
@@ -117,8 +137,10 @@ class MarketIndex:
             if kind in tables:
                 tables[kind][ident] = RECORD_TYPES[kind].from_json(data)
         saved = await self.store.get(CHECKPOINT_KEY)
-        if saved is not None:
-            self.checkpoint = int(saved)
+        if saved is not None:  # "block" (older stores) or "block:hash"
+            number, _, block_hash = saved.partition(":")
+            self.checkpoint = int(number)
+            self._folded = [(self.checkpoint, block_hash)] if block_hash else []
 
     async def start(self) -> None:
         await self.load()
@@ -142,19 +164,27 @@ class MarketIndex:
         self._listeners.append(listener)
 
     async def _run(self) -> None:
+        failures = 0
         while True:
             try:
                 await self.poll_once()
                 self.last_error = None
+                failures = 0
             except ChainError as exc:
                 if self.last_error != str(exc):
                     log.warning("index_poll_failed", error=str(exc))
                 self.last_error = str(exc)
+                failures += 1
             except Exception as exc:
                 log.exception("index_poll_crashed")
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                failures += 1
+            # A node that refuses (429, down) is asked less often, up to once a minute.
+            wait = min(MAX_BACKOFF_S, self.poll_interval * 2 ** min(failures, 16))
+            if failures == 0:
+                wait = self.poll_interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
 
     async def _follow_heads(self, url: str) -> None:
@@ -176,17 +206,21 @@ class MarketIndex:
     # -- folding -----------------------------------------------------------
 
     async def poll_once(self) -> int:
-        """Fold every log up to the (confirmed) head; returns the new checkpoint."""
+        """Fold every log up to the (confirmed) head; returns the new checkpoint.
+
+        First checks that the last folded block is still on the chain: a reorg deeper
+        than ``confirmations`` rewinds the index to where the chains forked and reads
+        every record, so nothing from an orphaned block stays a ghost."""
         w3 = self.client.w3
         head = await ChainClient._guard(w3.eth.get_block("latest"))
         self.head = int(head["number"])
         self.head_timestamp = int(head["timestamp"])
+        await self._repair_reorg()
         target = self.head - self.confirmations
         while self.checkpoint < target:
             start = self.checkpoint + 1
-            end = min(target, start + MAX_LOG_RANGE - 1)
-            logs = await ChainClient._guard(w3.eth.get_logs({
-                "address": self.contract.address, "fromBlock": start, "toBlock": end}))
+            logs, end = await self._logs(start, target)
+            end_hash = await self._block_hash(end)
             events: list[MarketEvent] = []
             for raw in logs:
                 name = self._topics.get(bytes(raw["topics"][0])) if raw["topics"] else None
@@ -195,18 +229,95 @@ class MarketIndex:
                 args = dict(getattr(self.contract.events, name)().process_log(raw)["args"])
                 events.append(MarketEvent.from_args(name, int(raw["blockNumber"]), args))
             records = await self._refresh(self._dirty(events), end)
-            await self.store.save_market(
-                [(kind, record.id, record.to_json()) for kind, record in records],
-                (CHECKPOINT_KEY, str(end)))
-            tables = self._tables()
-            for kind, record in records:
-                tables[kind][record.id] = record
-            self.checkpoint = end
+            await self._commit(records, end, end_hash)
             for event in events:
                 await self._notify(event)
             async with self._updated:
                 self._updated.notify_all()
         return self.checkpoint
+
+    async def _commit(self, records: list[tuple[str, MarketRecord]], block: int,
+                      block_hash: str) -> None:
+        """Store what was read at ``block`` and move the checkpoint there, atomically.
+        A record that reads as nonexistent (an id from an orphaned block) is removed."""
+        tables = self._tables()
+        kept = [(kind, r) for kind, r in records if _exists(r)]
+        gone = [(kind, r.id) for kind, r in records if not _exists(r)]
+        await self.store.save_market(
+            [(kind, record.id, record.to_json()) for kind, record in kept],
+            (CHECKPOINT_KEY, f"{block}:{block_hash}"), removed=gone)
+        for kind, record in kept:
+            tables[kind][record.id] = record
+        for kind, ident in gone:
+            tables[kind].pop(ident, None)
+        self.checkpoint = block
+        self._folded = [*self._folded[-(REORG_MEMORY - 1):], (block, block_hash)]
+
+    async def _block_hash(self, number: int) -> str:
+        block = await ChainClient._guard(self.client.w3.eth.get_block(number))
+        return "0x" + bytes(block["hash"]).hex()
+
+    async def _logs(self, start: int, target: int) -> tuple[list[Any], int]:
+        """Logs from ``start`` to at most ``target``, and the block they reach.
+
+        Asks for ``log_range`` blocks; a node refusing the range (public RPCs cap it,
+        each with its own wording) halves it and asks again, and a run of answered
+        requests doubles it back up to ``max_log_range``."""
+        while True:
+            end = min(target, start + self.log_range - 1)
+            try:
+                logs = await self.client.w3.eth.get_logs({
+                    "address": self.contract.address, "fromBlock": start, "toBlock": end})
+            except Web3RPCError as exc:
+                message = str(exc)
+                if RANGE_REFUSALS.search(message) and not RATE_LIMITS.search(message) \
+                        and end > start:
+                    self.log_range = max(1, (end - start + 1) // 2)
+                    self._answered = 0
+                    log.info("log_range_narrowed", blocks=self.log_range)
+                    continue
+                raise ChainUnavailable(redact_text(message)) from exc
+            except (ChainError, *TRANSIENT_ERRORS) as exc:
+                if isinstance(exc, ChainError):
+                    raise
+                raise ChainUnavailable(redact_text(str(exc))) from exc
+            self._answered += 1
+            if self._answered >= 20 and self.log_range < self.max_log_range:
+                self.log_range = min(self.max_log_range, self.log_range * 2)
+                self._answered = 0
+            return list(logs), end
+
+    async def _repair_reorg(self) -> None:
+        if not self._folded:
+            return
+        number, known = self._folded[-1]
+        if number <= self.head and await self._block_hash(number) == known:
+            return
+        fork = await self._fork_point()
+        log.warning("reorg_repaired", was=number, rewound_to=fork,
+                    depth=number - fork, records=sum(len(t) for t in self._tables().values()))
+        self.reorgs += 1
+        dirty = {kind: set(table) for kind, table in self._tables().items()}
+        if fork < self.start_block:  # back before the contract: nothing can exist there
+            records = [(kind, RECORD_TYPES[kind].from_json({"id": ident}))
+                       for kind, ids in dirty.items() for ident in ids]
+            await self._commit(records, fork, "")
+            self._folded = []
+        else:
+            # Read every record back at the confirmed head (recent state, which any full
+            # node has): what was only in orphaned blocks reads as nonexistent and goes;
+            # the fold from the fork on then re-reads whatever changed since.
+            at = max(fork, self.head - self.confirmations)
+            await self._commit(await self._refresh(dirty, at), fork, await self._block_hash(fork))
+
+    async def _fork_point(self) -> int:
+        """The newest remembered checkpoint still on the chain, or a safe distance back."""
+        for number, known in reversed(self._folded[:-1]):
+            if number <= self.head and await self._block_hash(number) == known:
+                return number
+        newest = min(self._folded[-1][0], self.head)
+        return max(self.start_block - 1, newest - max(REORG_FALLBACK_BLOCKS,
+                                                     2 * self.confirmations))
 
     async def wait_for_block(self, block: int, timeout: float = 10.0) -> None:
         """Wait until the index has folded ``block`` (e.g. a just-mined tx)."""
@@ -284,3 +395,10 @@ class MarketIndex:
     @property
     def lag_blocks(self) -> int:
         return max(0, self.head - self.checkpoint)
+
+
+def _exists(record: MarketRecord) -> bool:
+    """Whether a view read found the record (a zeroed struct means no such id)."""
+    if isinstance(record, Session):
+        return record.exists
+    return record.created_at > 0

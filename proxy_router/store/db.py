@@ -80,12 +80,16 @@ class Store:
     # -- market index ------------------------------------------------------
 
     async def save_market(self, rows: Iterable[tuple[str, str, dict[str, Any]]],
-                          checkpoint: tuple[str, str] | None = None) -> None:
-        """Upsert index rows and move the checkpoint in the same transaction."""
+                          checkpoint: tuple[str, str] | None = None, *,
+                          removed: Iterable[tuple[str, str]] = ()) -> None:
+        """Upsert index rows, delete ``removed`` (kind, id) rows and move the checkpoint,
+        all in one transaction."""
         await self._db.executemany(
             "INSERT OR REPLACE INTO market (kind, id, data) VALUES (?, ?, ?)",
             [(kind, ident, json.dumps(data)) for kind, ident, data in rows],
         )
+        await self._db.executemany("DELETE FROM market WHERE kind = ? AND id = ?",
+                                   list(removed))
         if checkpoint is not None:
             await self._db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)",
                                    checkpoint)
