@@ -215,6 +215,11 @@ class MarketIndex:
         head = await ChainClient._guard(w3.eth.get_block("latest"))
         self.head = int(head["number"])
         self.head_timestamp = int(head["timestamp"])
+        if self.checkpoint < 0 and self.start_block <= 0:
+            # Never fold from block 0 on a real chain: start where the contract was created.
+            self.start_block = await self.client.deployment_block(self.contract.address)
+            self.checkpoint = self.start_block - 1
+            log.info("index_start_block", block=self.start_block)
         await self._repair_reorg()
         target = self.head - self.confirmations
         while self.checkpoint < target:

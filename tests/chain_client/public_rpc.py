@@ -30,10 +30,15 @@ class PublicRpcProxy:
     """Answer this many next requests with a JSON-RPC rate-limit error (HTTP 200)."""
     calls: Counter[str] = field(default_factory=Counter)
     log_spans: list[int] = field(default_factory=list)
+    log_queries: list[tuple[int, int]] = field(default_factory=list)
     refused: Counter[str] = field(default_factory=Counter)
     port: int = 0
     _runner: web.AppRunner | None = None
     _http: aiohttp.ClientSession | None = None
+
+    @property
+    def first_log_query(self) -> tuple[int, int] | None:
+        return self.log_queries[0] if self.log_queries else None
 
     @property
     def url(self) -> str:
@@ -69,11 +74,13 @@ class PublicRpcProxy:
             self.rpc_rate_limited_next -= 1
             self.refused["rpc-limit"] += 1
             return self._error(message, -32005, "rate limit exceeded, retry later")
-        if method == "eth_getLogs" and self.max_log_range is not None:
+        if method == "eth_getLogs":
             query = message["params"][0]
-            span = _block(query.get("toBlock")) - _block(query.get("fromBlock")) + 1
+            start, end = _block(query.get("fromBlock")), _block(query.get("toBlock"))
+            self.log_queries.append((start, end))
+            span = end - start + 1
             self.log_spans.append(span)
-            if span > self.max_log_range:
+            if self.max_log_range is not None and span > self.max_log_range:
                 self.refused["range"] += 1
                 return self._error(message, -32600,
                                    self.range_error.format(limit=self.max_log_range))
