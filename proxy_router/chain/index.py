@@ -56,6 +56,8 @@ RATE_LIMITS = re.compile(r"rate limit|too many requests|429|request limit|capaci
                          re.IGNORECASE)
 KINDS = ("provider", "model", "bid", "session")
 # Events that change a provider's view (its stake, endpoint or active-bid count).
+REORG = "Reorg"
+"""The name of the event listeners get after a reorg was repaired (``block``: the fork)."""
 PROVIDER_EVENTS = {"ProviderRegistered", "ProviderDeregistered", "BidPosted", "BidDeleted",
                    "SessionOpened"}
 
@@ -314,6 +316,7 @@ class MarketIndex:
             # the fold from the fork on then re-reads whatever changed since.
             at = max(fork, self.head - self.confirmations)
             await self._commit(await self._refresh(dirty, at), fork, await self._block_hash(fork))
+        await self._notify(MarketEvent(REORG, fork))
 
     async def _fork_point(self) -> int:
         """The newest remembered checkpoint still on the chain, or a safe distance back."""

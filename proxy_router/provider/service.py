@@ -30,7 +30,7 @@ from proxy_router import __version__, bounded_json
 from proxy_router.chain.client import ChainClient
 from proxy_router.chain.encoding import Approval, Receipt, sign_blob
 from proxy_router.chain.errors import ChainError
-from proxy_router.chain.index import MarketEvent, MarketIndex
+from proxy_router.chain.index import REORG, MarketEvent, MarketIndex
 from proxy_router.chain.marketplace import Marketplace, to_bytes32
 from proxy_router.chain.types import Bid, Session, SessionStatus, same_address
 from proxy_router.metrics import Metrics
@@ -166,6 +166,9 @@ class ProviderService:
         return n
 
     async def _on_event(self, event: MarketEvent) -> None:
+        if event.name == REORG:  # sessions read before the fork may be gone: read again
+            self._sessions.clear()
+            return
         session_id = event.session_id
         if session_id is None or not self._is_ours(event.provider):
             return

@@ -18,7 +18,7 @@ from eth_utils import keccak
 from proxy_router.chain.client import ChainClient
 from proxy_router.chain.deploy import Deployment, deploy_all
 from proxy_router.chain.errors import ChainUnavailable
-from proxy_router.chain.index import MarketIndex
+from proxy_router.chain.index import REORG, MarketEvent, MarketIndex
 from proxy_router.chain.marketplace import Marketplace
 from proxy_router.dev.anvil import Anvil, dev_address, dev_key, rpc
 from proxy_router.store.db import Store
@@ -181,6 +181,8 @@ async def test_a_reorg_deeper_than_the_confirmations_leaves_no_ghost(
     before = head(anvil)
     orphan = await harness.post_bid(price=3 * 10**12)  # 3 transactions after `before`
     index = await harness.index(anvil.rpc_url, start_block=deployment.block_number)
+    heard: list[MarketEvent] = []
+    index.subscribe(heard.append)
     await index.poll_once()
     assert {kept, orphan} <= {b.id for b in index.active_bids()}
     depth = head(anvil) - before
@@ -191,6 +193,8 @@ async def test_a_reorg_deeper_than_the_confirmations_leaves_no_ghost(
         rpc(anvil.rpc_url, "anvil_reorg", [depth, []])  # same height, other blocks
     await index.poll_once()
     assert index.reorgs == 1
+    forks = [e.block for e in heard if e.name == REORG]  # listeners are told, to re-read
+    assert len(forks) == 1 and forks[0] <= before
     assert orphan not in index.bids and kept in index.bids
     assert {b.id for b in index.active_bids()} == {kept}
     # What the store holds agrees: a restarted index does not bring the ghost back.

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from proxy_router.chain.errors import ChainUnavailable
-from proxy_router.chain.index import MarketEvent
+from proxy_router.chain.index import REORG, MarketEvent
 from proxy_router.chain.types import Bid, Session
 from proxy_router.dev.mock_openai import MockOpenAIServer
 from proxy_router.metrics import Metrics
@@ -325,6 +325,18 @@ async def test_only_our_own_sessions_are_cached(provider: Provider) -> None:
     provider.market.sessions[SESSION] = a_session(provider=STRANGER.address)
     for _ in range(2):
         await refused(prompt(provider, prompt_context({"messages": MESSAGES})))
+    assert provider.market.reads == ["get_session"] * 2
+
+
+async def test_a_reorg_drops_the_cached_sessions_so_they_are_read_again(
+        provider: Provider) -> None:
+    provider.market.sessions[SESSION] = a_session()
+    await prompt(provider, prompt_context({"messages": MESSAGES}))
+    (listener,) = provider.index.listeners
+    await listener(MarketEvent(REORG, 5))
+    provider.market.sessions[SESSION] = a_session(closed=True)  # the fork's truth
+    assert await refused(prompt(provider, prompt_context({"messages": MESSAGES}))) \
+        == ErrorCode.SESSION_CLOSED
     assert provider.market.reads == ["get_session"] * 2
 
 
