@@ -203,3 +203,11 @@ async def test_a_reorg_deeper_than_the_confirmations_leaves_no_ghost(
     again.store = index.store
     await again.load()
     assert orphan not in again.bids and kept in again.bids
+
+
+async def test_a_view_costs_the_node_one_request(harness: Harness, proxy: PublicRpcProxy):
+    market = await harness.market(proxy.url)
+    proxy.calls.clear()
+    for _ in range(3):
+        await market.param("bidFee")
+    assert dict(proxy.calls) == {"eth_call": 3}  # the chain id is asked once, at connect
