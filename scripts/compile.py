@@ -7,7 +7,10 @@ version (solcjs, run with node from ./node_modules). Both get the same standard-
 input, with every source inlined by repo-relative path and no metadata hash, so the
 artifacts are byte-identical whichever compiler produced them.
 
-    python scripts/compile.py            # write contracts/build/*.json
+The artifacts are package data of ``proxy_router.chain`` (read by
+``proxy_router/chain/artifacts.py``), so they ship in the wheel.
+
+    python scripts/compile.py            # write proxy_router/chain/build/*.json
     python scripts/compile.py --check    # exit 1 if the committed artifacts are stale
 """
 
@@ -30,7 +33,8 @@ SOLC_VERSION = "0.8.28"  # keep in sync with package.json devDependencies.solc
 
 REPO = Path(__file__).resolve().parents[1]
 CONTRACTS_DIR = "contracts"
-DEFAULT_OUT = REPO / CONTRACTS_DIR / "build"
+ARTIFACTS_DIR = "proxy_router/chain/build"  # package data, see proxy_router/chain/artifacts.py
+DEFAULT_OUT = REPO / ARTIFACTS_DIR
 REMAPPINGS = ("@openzeppelin/=node_modules/@openzeppelin/",)
 
 SETTINGS: dict[str, Any] = {
@@ -303,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out",
         type=Path,
         default=DEFAULT_OUT,
-        help="artifact directory (default: contracts/build)",
+        help=f"artifact directory (default: {ARTIFACTS_DIR})",
     )
     parser.add_argument(
         "--check",

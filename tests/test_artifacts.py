@@ -1,4 +1,5 @@
-"""The committed contract artifacts match a fresh compile and expose the fixed public ABI."""
+"""The committed contract artifacts match a fresh compile, expose the fixed public ABI and
+are read as package data (so an installed wheel finds them)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from typing import Any
 
 import pytest
 
+from proxy_router.chain import artifacts
+
 REPO = Path(__file__).resolve().parents[1]
-BUILD = REPO / "contracts" / "build"
+BUILD = REPO / "proxy_router" / "chain" / "build"
 COMPILE = REPO / "scripts" / "compile.py"
 
 
@@ -166,3 +169,44 @@ def test_committed_artifacts_match_fresh_compile(tmp_path: Path) -> None:
     problems = compile_mod.check(tmp_path, fresh)
     assert any(p.startswith("differs:") and "MorToken" in p for p in problems)
     assert any(p.startswith("stale:") and "Old.json" in p for p in problems)
+
+
+def test_compile_writes_where_the_package_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(artifacts.ARTIFACTS_ENV, raising=False)
+    assert compile_mod.DEFAULT_OUT == BUILD
+    packaged = artifacts.artifacts_dir()
+    assert {p.name for p in packaged.iterdir() if p.name.endswith(".json")} == {
+        "Marketplace.json", "MorToken.json"}
+    assert packaged.joinpath("Marketplace.json").read_text() == (
+        BUILD / "Marketplace.json").read_text()
+    assert not (REPO / "contracts" / "build").exists(), "artifacts moved into the package"
+
+
+def test_the_loader_reads_package_data_not_the_repository(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No path above the package: what the wheel carries is all it needs."""
+    monkeypatch.delenv(artifacts.ARTIFACTS_ENV, raising=False)
+    source = Path(artifacts.__file__).read_text()
+    assert "parents[" not in source and "REPO_ROOT" not in source
+    artifacts.load_artifact.cache_clear()
+    try:
+        art = artifacts.load_artifact("MorToken")
+    finally:
+        artifacts.load_artifact.cache_clear()
+    assert art.abi == _artifact("MorToken")["abi"] and art.bytecode.startswith("0x")
+
+
+def test_proxy_router_artifacts_overrides_the_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = {"contractName": "MorToken", "abi": [], "bytecode": "6000"}
+    (tmp_path / "MorToken.json").write_text(json.dumps(fake))
+    monkeypatch.setenv(artifacts.ARTIFACTS_ENV, str(tmp_path))
+    artifacts.load_artifact.cache_clear()
+    try:
+        assert artifacts.artifacts_dir() == tmp_path
+        assert artifacts.load_artifact("MorToken") == artifacts.Artifact("MorToken", [], "0x6000")
+        with pytest.raises(FileNotFoundError, match=r"Marketplace\.json is missing; check "
+                                                   r"PROXY_ROUTER_ARTIFACTS"):
+            artifacts.load_artifact("Marketplace")
+    finally:
+        artifacts.load_artifact.cache_clear()

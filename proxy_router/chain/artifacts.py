@@ -1,7 +1,8 @@
 """Compiled contract artifacts (ABI + bytecode) produced by ``scripts/compile.py``.
 
-The artifacts are committed under ``contracts/build/`` so routers never need a
-Solidity compiler at run time; ``PROXY_ROUTER_ARTIFACTS`` overrides the folder.
+The artifacts are committed inside the package, in ``proxy_router/chain/build/``, and
+are read as package data, so an installed wheel needs neither the repository nor a
+Solidity compiler. ``PROXY_ROUTER_ARTIFACTS`` names another folder to read them from.
 """
 
 from __future__ import annotations
@@ -10,16 +11,23 @@ import json
 import os
 from dataclasses import dataclass
 from functools import cache
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 from eth_utils import function_abi_to_4byte_selector, keccak
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS_ENV = "PROXY_ROUTER_ARTIFACTS"
+PACKAGE_DIR = "build"  # inside the ``proxy_router.chain`` package
 
 
-def artifacts_dir() -> Path:
-    return Path(os.environ.get("PROXY_ROUTER_ARTIFACTS", REPO_ROOT / "contracts" / "build"))
+def artifacts_dir() -> Traversable:
+    """Where artifacts are read: ``$PROXY_ROUTER_ARTIFACTS``, else the package's own."""
+    override = os.environ.get(ARTIFACTS_ENV)
+    if override:
+        return Path(override)
+    return files("proxy_router.chain").joinpath(PACKAGE_DIR)
 
 
 @dataclass(frozen=True)
@@ -33,11 +41,11 @@ class Artifact:
 def load_artifact(name: str) -> Artifact:
     path = artifacts_dir() / f"{name}.json"
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise FileNotFoundError(
-            f"contract artifact {path} is missing; run `python scripts/compile.py`"
-        ) from exc
+        hint = (f"check {ARTIFACTS_ENV}" if os.environ.get(ARTIFACTS_ENV)
+                else "reinstall proxy-router, or in a checkout run `python scripts/compile.py`")
+        raise FileNotFoundError(f"contract artifact {path} is missing; {hint}") from exc
     bytecode = data["bytecode"]
     if not bytecode.startswith("0x"):
         bytecode = "0x" + bytecode

@@ -15,13 +15,14 @@ from pathlib import Path
 
 from eth_account import Account
 
-from proxy_router.chain.artifacts import REPO_ROOT
 from proxy_router.ports import free_port
 from proxy_router.process import ManagedProcess, spawn
 
 # Public, well-known mnemonic of anvil/hardhat dev chains. Never holds real value.
 ANVIL_MNEMONIC = "test test test test test test test test test test test junk"
 ANVIL_CHAIN_ID = 31337
+# A checkout's root (its node_modules/.bin/anvil); in an installed package, site-packages.
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @cache
