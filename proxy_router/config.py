@@ -17,7 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from proxy_router.keystore import KeystoreError, load_key, read_password
-from proxy_router.networks import NETWORKS, NetworkName
+from proxy_router.networks import NETWORKS, Network, NetworkName
 
 Role = Literal["provider", "consumer"]
 
@@ -163,30 +163,31 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _apply_network_and_deployment(self) -> Settings:
         """A ``NETWORK`` preset and a deployment file fill what the user did not set."""
-        given = self.model_fields_set
         if self.network is not None:
-            preset = NETWORKS[self.network]
-            if "eth_node_chain_id" not in given:
-                self.eth_node_chain_id = preset.chain_id
-            if "eth_node_confirmations" not in given:
-                self.eth_node_confirmations = preset.confirmations
-            if "eth_node_polling_interval" not in given:
-                self.eth_node_polling_interval = preset.polling_interval_s
-            if "eth_node_max_log_range" not in given:
-                self.eth_node_max_log_range = preset.max_log_range
+            self._apply_preset(NETWORKS[self.network])
         if self.deployment_file is not None and self.deployment_file.is_file():
-            dep = _read_deployment(self.deployment_file)
-            self.marketplace_address = self.marketplace_address or _address(
-                dep["marketplace_address"])
-            self.mor_token_address = self.mor_token_address or _address(
-                dep["mor_token_address"])
-            if self.eth_node_start_block is None:
-                self.eth_node_start_block = int(dep.get("block_number", 0))
-            if self.eth_node_chain_id is None and "chain_id" in dep:
-                self.eth_node_chain_id = int(dep["chain_id"])
+            self._apply_deployment(_read_deployment(self.deployment_file))
         if self.wallet_private_key is not None and self.keystore_path is not None:
             raise ValueError("set WALLET_PRIVATE_KEY or KEYSTORE_PATH, not both")
         return self
+
+    def _apply_preset(self, preset: Network) -> None:
+        given = self.model_fields_set
+        for name, value in (("eth_node_chain_id", preset.chain_id),
+                            ("eth_node_confirmations", preset.confirmations),
+                            ("eth_node_polling_interval", preset.polling_interval_s),
+                            ("eth_node_max_log_range", preset.max_log_range)):
+            if name not in given:
+                setattr(self, name, value)
+
+    def _apply_deployment(self, dep: dict[str, Any]) -> None:
+        self.marketplace_address = self.marketplace_address or _address(
+            dep["marketplace_address"])
+        self.mor_token_address = self.mor_token_address or _address(dep["mor_token_address"])
+        if self.eth_node_start_block is None:
+            self.eth_node_start_block = int(dep.get("block_number", 0))
+        if self.eth_node_chain_id is None and "chain_id" in dep:
+            self.eth_node_chain_id = int(dep["chain_id"])
 
     @field_validator("api_token", "api_basic_auth", mode="before")
     @classmethod

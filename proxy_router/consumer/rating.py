@@ -39,33 +39,33 @@ def rate_bids(bids: Iterable[Bid], stats: Mapping[str, ProviderModelStats], *,
               exclude_providers: Iterable[str] = ()) -> list[RatedBid]:
     """Best first. ``stats`` maps a lower-case provider address to its record for the
     model (a provider missing from it has no history)."""
-    excluded = {p.lower() for p in exclude_providers}
-    if exclude_provider:
-        excluded.add(exclude_provider.lower())
-    allowed = {a.lower() for a in allowlist} if allowlist else None
-    candidates = [bid for bid in bids if bid.provider.lower() not in excluded
-                  and (allowed is None or bid.provider.lower() in allowed)]
+    candidates = _eligible(bids, allowlist, [*exclude_providers, exclude_provider])
     if not candidates:
         return []
-
-    rows = []
-    for bid in candidates:
-        s = stats.get(bid.provider.lower(), NO_HISTORY)
-        success = (s.success_count + 1) / (s.total_count + 2)
-        rows.append((bid, success, s.mean_tps, s.mean_ttft_ms))
-
+    rows = [(bid, stats.get(bid.provider.lower(), NO_HISTORY)) for bid in candidates]
     min_price = min(b.price_per_second for b in candidates)
-    max_tps = max((r[2] for r in rows), default=0.0)
-    known_ttft = [r[3] for r in rows if r[3] > 0]
-    best_ttft = min(known_ttft) if known_ttft else 0.0
-
-    rated = []
-    for bid, success, tps, ttft in rows:
-        price_factor = min_price / bid.price_per_second
-        tps_norm = tps / max_tps if max_tps > 0 else 0.5
-        ttft_norm = best_ttft / ttft if ttft > 0 else 0.5
-        quality = (WEIGHTS["success"] * success + WEIGHTS["tps"] * tps_norm
-                   + WEIGHTS["ttft"] * ttft_norm)
-        rated.append(RatedBid(bid, price_factor * (0.5 + 0.5 * quality), success, tps, ttft))
+    max_tps = max(s.mean_tps for _, s in rows)
+    best_ttft = min((s.mean_ttft_ms for _, s in rows if s.mean_ttft_ms > 0), default=0.0)
+    rated = [_rate(bid, s, min_price, max_tps, best_ttft) for bid, s in rows]
     rated.sort(key=lambda r: (-r.score, r.bid.price_per_second, r.bid.id))
     return rated
+
+
+def _eligible(bids: Iterable[Bid], allowlist: set[str] | None,
+              excluded: Iterable[str | None]) -> list[Bid]:
+    out = {p.lower() for p in excluded if p}
+    allowed = {a.lower() for a in allowlist} if allowlist else None
+    return [bid for bid in bids if bid.provider.lower() not in out
+            and (allowed is None or bid.provider.lower() in allowed)]
+
+
+def _rate(bid: Bid, stats: ProviderModelStats, min_price: int, max_tps: float,
+          best_ttft: float) -> RatedBid:
+    success = (stats.success_count + 1) / (stats.total_count + 2)  # Laplace: never NaN
+    tps, ttft = stats.mean_tps, stats.mean_ttft_ms
+    tps_norm = tps / max_tps if max_tps > 0 else 0.5
+    ttft_norm = best_ttft / ttft if ttft > 0 else 0.5
+    quality = (WEIGHTS["success"] * success + WEIGHTS["tps"] * tps_norm
+               + WEIGHTS["ttft"] * ttft_norm)
+    price_factor = min_price / bid.price_per_second
+    return RatedBid(bid, price_factor * (0.5 + 0.5 * quality), success, tps, ttft)
