@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""Deploy MorToken + Marketplace to a local chain and fund anvil's dev accounts with MOR."""
+"""Deploy MorToken + Marketplace to a local chain and fund anvil's dev accounts with MOR.
+
+The work is ``proxy-router deploy``'s (``proxy_router.cli.deploy``); this script adds
+anvil defaults: dev account #0 deploys, dev accounts 1..N-1 are funded.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy_router.chain.deploy import DEFAULT_FUNDING, deploy_all
+from proxy_router.chain.deploy import DEFAULT_FUNDING
+from proxy_router.cli import deploy
 from proxy_router.dev.anvil import dev_address
-from proxy_router.dev.scripting import (
-    DEFAULT_DEPLOYMENT,
-    connect,
-    fmt_mor,
-    mor,
-    parser,
-    run,
-)
+from proxy_router.dev.scripting import DEFAULT_DEPLOYMENT, connect, fmt_mor, mor, parser, run
 
 
 def main() -> None:
@@ -34,21 +32,15 @@ def main() -> None:
 
     async def body() -> None:
         client = await connect(args)
+        fund = [dev_address(i) for i in range(1, args.fund)]
         try:
             print(f"deploying from {client.address} on chain {client.chain_id} ...")
-            dep = await deploy_all(client, fee_recipient=args.fee_recipient,
-                                   fund=[dev_address(i) for i in range(1, args.fund)],
-                                   fund_amount=args.fund_amount)
+            dep = await deploy.deploy(client, args.out, fee_recipient=args.fee_recipient,
+                                      fund=fund, fund_amount=args.fund_amount)
         finally:
             await client.close()
-        dep.save(args.out)
-        print(f"MorToken     {dep.mor_token_address}")
-        print(f"Marketplace  {dep.marketplace_address}")
-        print(f"funded {max(0, args.fund - 1)} dev accounts with {fmt_mor(args.fund_amount)} each")
-        print(f"wrote {args.out}; environment for the routers:")
         print(f"ETH_NODE_ADDRESS={args.rpc_url}")
-        for line in dep.env_lines():
-            print(line)
+        deploy.report(dep, args.out, fund=fund, fund_amount=args.fund_amount)
 
     run(body)
 

@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""Post (or replace) the provider's bid for a model at a price in MOR wei per second."""
+"""Post (or replace) the provider's bid for a model at a price in MOR wei per second.
+
+The work is ``proxy-router bid post``'s (``proxy_router.cli.market``), with anvil
+defaults (dev account #1, the model it registered under --name).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eth_utils import keccak
 
-from proxy_router.dev.scripting import ScriptError, fmt_mor, marketplace, parser, run
+from proxy_router.cli import market as commands
+from proxy_router.dev.scripting import marketplace, parser, run
 
 DEFAULT_PRICE = 10**14  # 0.0001 MOR/s: a 10-minute session escrows 0.06 MOR
 
@@ -30,16 +35,11 @@ def main() -> None:
         try:
             model_id = args.model_id or "0x" + keccak(
                 bytes.fromhex(market.client.address[2:]) + keccak(text=args.name)).hex()
-            model = await market.get_model(model_id)
-            if not model.created_at:
-                raise ScriptError(f"model {model_id} is not registered; run register_model.py")
-            bid_id, tx = await market.post_bid(model_id, args.price)
-            bid = await market.get_bid(bid_id)
+            model = await commands.registered_model(market, model_id.lower())
+            posting = await commands.post_bid(market, model, args.price)
         finally:
             await market.client.close()
-        print(f"bid {bid_id} active for model {model.name!r} ({model_id})")
-        print(f"price {bid.price_per_second} wei/s = {fmt_mor(bid.price_per_second * 3600)}"
-              f" per hour, tx {tx.tx_hash}, gas {tx.gas_used}")
+        commands.report_bid(posting)
 
     run(body)
 

@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "consumer": {"chain", "morrpc", "store", "metrics", "health"},
     "provider": {"chain", "morrpc", "store", "metrics", "health"},
     "runtime": {"chain", "morrpc", "store", "metrics", "health", "consumer", "provider"},
-    "cli": {"runtime", "chain", "store"},
+    "cli": {"runtime", "chain", "store", "consumer", "morrpc"},
 }
 
 

@@ -268,6 +268,11 @@ class ChainClient:
         except (*TRANSIENT_ERRORS, Web3RPCError) as exc:
             raise ChainUnavailable(redact_text(str(exc))) from exc
 
+    async def head(self) -> tuple[int, int]:
+        """The newest block's number and timestamp."""
+        block = await self._guard(self.w3.eth.get_block("latest"))
+        return int(block["number"]), int(block["timestamp"])
+
     async def deployment_block(self, address: str) -> int:
         """The block a contract was created in: the first with code at ``address``.
 
@@ -332,6 +337,23 @@ class ChainClient:
         if receipt["status"] != 1:
             raise await self._replay_failure(tx, receipt)
         return self._result(receipt, decode_with)
+
+    async def send_value(self, to: str, amount: int) -> TxResult:
+        """A plain ETH transfer, with the same nonce, fee and receipt handling as calls."""
+        account = self.account
+        if account is None:
+            raise ChainError("this client has no wallet key; it cannot send transactions")
+        base: dict[str, Any] = {"from": account.address, "to": AsyncWeb3.to_checksum_address(to),
+                                "value": amount, "chainId": self.chain_id}
+        try:
+            gas = int(await self.w3.eth.estimate_gas(base))  # type: ignore[arg-type]
+            tx = {**base, "gas": gas, **await self._fees()}
+        except TRANSIENT_ERRORS as exc:
+            raise ChainUnavailable(redact_text(str(exc))) from exc
+        except Web3RPCError as exc:  # e.g. "insufficient funds for gas * price + value"
+            raise TransactionFailed(f"node refused the transfer: {exc.message}") from None
+        tx_hash = await self._sign_and_send(tx)
+        return self._result(await self._await_receipt(tx, tx_hash), "MorToken")
 
     async def _fees(self, bump_percent: int = 0) -> dict[str, int]:
         block = await self.w3.eth.get_block("latest")

@@ -213,10 +213,7 @@ class MarketIndex:
         First checks that the last folded block is still on the chain: a reorg deeper
         than ``confirmations`` rewinds the index to where the chains forked and reads
         every record, so nothing from an orphaned block stays a ghost."""
-        w3 = self.client.w3
-        head = await ChainClient._guard(w3.eth.get_block("latest"))
-        self.head = int(head["number"])
-        self.head_timestamp = int(head["timestamp"])
+        self.head, self.head_timestamp = await self.client.head()
         if self.checkpoint < 0 and self.start_block <= 0:
             # Never fold from block 0 on a real chain: start where the contract was created.
             self.start_block = await self.client.deployment_block(self.contract.address)

@@ -24,6 +24,7 @@ from proxy_router.chain.types import (
 )
 
 Block = int | str
+PAGE = 200  # ids per call of a paged view
 
 
 def to_bytes32(value: str | bytes) -> bytes:
@@ -56,6 +57,14 @@ class Marketplace:
     async def eth_balance(self, account: str) -> int:
         return int(await ChainClient._guard(
             self.client.w3.eth.get_balance(to_checksum_address(account))))
+
+    async def mor_allowance(self, owner: str) -> int:
+        """MOR ``owner`` lets the marketplace take (stakes, escrow, fees)."""
+        return int(await self.client.call(self.token, "allowance", normalize_address(owner),
+                                          self.address))
+
+    async def send_mor(self, to: str, amount: int) -> TxResult:
+        return await self.client.transact(self.token, "transfer", normalize_address(to), amount)
 
     async def ensure_allowance(self, amount: int) -> TxResult | None:
         """Approve the marketplace for ``amount`` when the allowance is below it.
@@ -102,6 +111,13 @@ class Marketplace:
     async def close_session(self, receipt: bytes, signature: bytes) -> TxResult:
         return await self.client.transact(self.contract, "closeSession", receipt, signature)
 
+    async def deregister_model(self, model_id: str | bytes) -> TxResult:
+        return await self.client.transact(self.contract, "modelDeregister",
+                                          to_bytes32(model_id))
+
+    async def delete_bid(self, bid_id: str | bytes) -> TxResult:
+        return await self.client.transact(self.contract, "deleteModelBid", to_bytes32(bid_id))
+
     async def claim_for_provider(self, session_id: str | bytes) -> TxResult:
         return await self.client.transact(self.contract, "claimForProvider",
                                           to_bytes32(session_id))
@@ -138,6 +154,38 @@ class Marketplace:
         raw = await self._view("getProviderModelStats", normalize_address(provider),
                                to_bytes32(model_id), block="latest")
         return ProviderModelStats.from_json(raw)
+
+    # -- paged lists (the contract's ``(ids, total)`` views) ---------------------------------
+
+    async def _all_ids(self, fn: str, *args: Any) -> list[str]:
+        ids: list[str] = []
+        offset = 0
+        while True:
+            page, total = await self.client.call(self.contract, fn, *args, offset, PAGE)
+            ids.extend(normalize_id(bytes(i)) for i in page)
+            offset += PAGE
+            if offset >= int(total) or not page:
+                return ids
+
+    async def model_ids(self) -> list[str]:
+        """Registered (not deregistered) models."""
+        return await self._all_ids("getModelIds")
+
+    async def active_models(self) -> list[Model]:
+        return [await self.get_model(i) for i in await self.model_ids()]
+
+    async def active_bids(self, model_id: str | bytes) -> list[Bid]:
+        ids = await self._all_ids("getActiveBidsByModel", to_bytes32(model_id))
+        return [await self.get_bid(i) for i in ids]
+
+    async def active_bid_ids_of(self, provider: str) -> list[str]:
+        return await self._all_ids("getActiveBidsByProvider", normalize_address(provider))
+
+    async def sessions_of(self, account: str, *, as_provider: bool = False) -> list[Session]:
+        """A user's (or a provider's) sessions, oldest first."""
+        fn = "getSessionsByProvider" if as_provider else "getSessionsByUser"
+        ids = await self._all_ids(fn, normalize_address(account))
+        return [await self.get_session(i) for i in ids]
 
     async def sessions_of_user(self, user: str, offset: int, limit: int
                                ) -> tuple[list[str], int]:

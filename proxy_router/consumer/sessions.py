@@ -3,9 +3,8 @@
 Opening: rate the model's active bids, ask the best provider for an approval
 over MOR-RPC (``session.request``), check it before paying gas, raise the MOR
 allowance when needed and call ``openSession``; a provider that refuses or is
-unreachable is skipped for the next-rated bid. Closing: fetch the provider's
-signed receipt (``session.report``) and call ``closeSession``; when the
-provider cannot be reached, close with our own signed receipt (a dispute) so
+unreachable is skipped for the next-rated bid. Closing is ``settlement.Settler``'s:
+the provider's signed receipt (``session.report``), else our own (a dispute), so
 MOR is never stuck in escrow.
 """
 
@@ -21,7 +20,7 @@ import structlog
 from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
 
-from proxy_router.chain.encoding import Approval, Receipt, recover_blob_signer, sign_blob
+from proxy_router.chain.encoding import Approval, recover_blob_signer
 from proxy_router.chain.errors import ChainError, ContractReverted
 from proxy_router.chain.index import MarketEvent, MarketIndex
 from proxy_router.chain.marketplace import Marketplace
@@ -33,15 +32,13 @@ from proxy_router.consumer.domain_errors import (
     InsufficientMor,
     NoBids,
     NoProviderAvailable,
-    NotSessionUser,
     OpenSessionReverted,
     SessionClosed,
-    SessionNotFound,
 )
 from proxy_router.consumer.rating import RatedBid, rate_bids
+from proxy_router.consumer.settlement import Settler
 from proxy_router.morrpc import (
     ErrorCode,
-    RpcClient,
     RpcError,
     RpcPool,
     RpcUnavailable,
@@ -129,6 +126,8 @@ class SessionManager:
         self.last_used: dict[str, float] = {}
         self._open_lock: dict[str, asyncio.Lock] = {}
         self._close_lock: dict[str, asyncio.Lock] = {}
+        self.settler = Settler(market, pool, account, clock=lambda: self.index.chain_now(),
+                               endpoint_of=self._indexed_endpoint)
         index.subscribe(self._on_event)
 
     async def load(self) -> None:
@@ -344,65 +343,23 @@ class SessionManager:
 
     async def chain_session(self, session_id: str) -> Session:
         """The session as the contract sees it; ``SessionNotFound`` if there is none."""
-        onchain = await self.market.get_session(session_id)
-        if not onchain.exists:
-            raise SessionNotFound(f"session {session_id} not found")
-        return onchain
+        return await self.settler.chain_session(session_id)
 
     async def _close(self, session_id: str, dispute: bool = False) -> dict[str, Any]:
         session = self.sessions.get(session_id)
-        onchain = await self.chain_session(session_id)
-        if not same_address(onchain.user, self.account.address):
-            raise NotSessionUser("this session belongs to another user")
-        if onchain.closed:
+        try:
+            settled = await self.settler.settle(
+                session_id, endpoint=session.endpoint if session else None, dispute=dispute)
+        except SessionClosed:
             await self._mark_closed(session_id)
-            raise SessionClosed(f"session {session_id} is already closed")
-        if dispute:
-            receipt, signature = self._own_receipt(session_id)
-        else:
-            receipt, signature, _ = await self._receipt(session_id, session, onchain)
-        tx = await self.market.close_session(receipt, signature)
-        settled = MarketEvent.from_args("SessionSettled", tx.block_number,
-                                        tx.event("SessionSettled"))
-        await self._mark_closed(session_id, tx.tx_hash)
-        result = {"sessionId": session_id, "tx": tx.tx_hash, "gasUsed": tx.gas_used,
-                  "gasCostWei": str(tx.fee_wei), "stake": str(onchain.stake),
-                  "providerEarned": str(settled.provider_earned),
-                  "userRefund": str(settled.user_refund), "held": str(settled.held),
-                  "disputed": settled.disputed}
+            raise
+        await self._mark_closed(session_id, settled.tx)
+        result = settled.to_json()
         log.info("session_closed", **result)
         return result
 
-    async def _receipt(self, sid: str, session: ConsumerSession | None,
-                       onchain: Session) -> tuple[bytes, bytes, bool]:
-        """The provider's signed receipt, or our own (a dispute) when it cannot be had."""
-        try:
-            client = self._client_for(session, onchain)
-            reply = await client.call("session.report", {"sessionId": sid},
-                                      first_frame_timeout=10)
-            receipt = bytes(HexBytes(reply["receipt"]))
-            signature = bytes(HexBytes(reply["signature"]))
-            decoded = Receipt.decode(receipt)
-            if ("0x" + decoded.session_id.hex()) != sid or not same_address(
-                    recover_blob_signer(receipt, signature), onchain.provider):
-                raise RpcError(ErrorCode.BAD_SIGNATURE,
-                               "provider receipt does not match the session")
-            return receipt, signature, False
-        except (RpcError, RpcUnavailable, KeyError, ValueError) as exc:
-            log.warning("receipt_unavailable_disputing", session=sid, error=str(exc))
-        return (*self._own_receipt(sid), True)
-
-    def _own_receipt(self, sid: str) -> tuple[bytes, bytes]:
-        """A receipt signed by us (a dispute: the provider's share is held, no success)."""
-        own = Receipt(bytes.fromhex(sid[2:]), self.market.client.chain_id,
-                      self.index.chain_now()).encode()
-        return own, sign_blob(self.account, own)
-
-    def _client_for(self, session: ConsumerSession | None,
-                    onchain: Session) -> RpcClient:
-        provider = onchain.provider
-        endpoint = session.endpoint if session else self._endpoint(provider)
-        return self.pool.get(endpoint, provider)
+    async def _indexed_endpoint(self, provider: str) -> str:
+        return self._endpoint(provider)
 
     async def _mark_closed(self, session_id: str, tx: str | None = None) -> None:
         session = self.sessions.get(session_id)

@@ -1,49 +1,36 @@
-"""What every script in ``scripts/`` shares: arguments, units, one-line errors.
+"""What only the ``scripts/`` need: anvil defaults for the operator CLI's functions.
 
-Defaults target a fresh ``npx anvil`` (port 8545, its public dev keys) and the
-deployment file ``scripts/deploy.py`` writes, so the scripts run with no flags.
+The scripts do their work through ``proxy_router.cli`` (the same code as
+``proxy-router deploy``, ``provider register``...); this module adds the flags they
+have always had: ``--rpc-url`` (default a fresh ``npx anvil`` on port 8545),
+``--key-env`` (default an anvil dev key) and ``--deployment`` (the file
+``scripts/deploy.py`` writes).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Callable, Coroutine
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from proxy_router.chain.client import ChainClient
 from proxy_router.chain.deploy import Deployment
-from proxy_router.chain.errors import ChainError, ChainUnavailable, ContractReverted
 from proxy_router.chain.marketplace import Marketplace
+from proxy_router.cli.context import CliError, run_async
+from proxy_router.cli.units import fmt_mor, mor_arg
 from proxy_router.dev.anvil import dev_key
+
+__all__ = ["DEFAULT_DEPLOYMENT", "DEFAULT_RPC", "ScriptError", "connect", "fmt_mor",
+           "load_deployment", "marketplace", "mor", "parser", "run", "wallet_key"]
 
 DEFAULT_RPC = "http://127.0.0.1:8545"
 DEFAULT_DEPLOYMENT = Path(".devnet/deployment.json")
-MOR = 10**18
 
-
-class ScriptError(Exception):
-    """A problem worth one line to the user, not a traceback."""
-
-
-def mor(text: str) -> int:
-    """Parse a MOR amount ("0.2", "10") into wei."""
-    try:
-        value = Decimal(text) * MOR
-    except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"not a MOR amount: {text!r}") from None
-    if value < 0 or value != value.to_integral_value():
-        raise argparse.ArgumentTypeError(f"not a MOR amount with at most 18 decimals: {text!r}")
-    return int(value)
-
-
-def fmt_mor(wei: int) -> str:
-    text = f"{Decimal(wei) / MOR:f}"
-    return (text.rstrip("0").rstrip(".") if "." in text else text) + " MOR"
+ScriptError = CliError
+mor = mor_arg  # argparse type: a decimal MOR amount, as wei
 
 
 def parser(description: str, *, key_index: int, needs_deployment: bool = True
@@ -89,14 +76,5 @@ async def marketplace(args: argparse.Namespace) -> Marketplace:
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run an async script body; chain trouble becomes one line and exit code 1."""
-    try:
-        asyncio.run(main())
-    except ChainUnavailable as exc:
-        sys.exit(f"error: cannot reach the chain: {exc}")
-    except ContractReverted as exc:
-        sys.exit(f"error: transaction reverted: {exc.reason}")
-    except (ChainError, ScriptError) as exc:
-        sys.exit(f"error: {exc}")
-    except KeyboardInterrupt:
-        sys.exit(130)
+    """Run an async script body; failures are one line (as the CLI's) and exit code 1."""
+    sys.exit(run_async(main()))
