@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from proxy_router.store.db import Store
 log = structlog.get_logger(__name__)
 
 CHECKPOINT_KEY = "index.checkpoint"
+RECENT_KEY = "index.recent_blocks"  # the remembered (block, hash) checkpoints, as JSON
 MAX_LOG_RANGE = 5_000
 REORG_MEMORY = 64  # recent (block, hash) checkpoints kept to find where a reorg forked
 REORG_FALLBACK_BLOCKS = 256  # rewind this far when no remembered block survived a reorg
@@ -143,6 +145,11 @@ class MarketIndex:
             number, _, block_hash = saved.partition(":")
             self.checkpoint = int(number)
             self._folded = [(self.checkpoint, block_hash)] if block_hash else []
+            recent = await self.store.get(RECENT_KEY)
+            with contextlib.suppress(ValueError, TypeError):
+                pairs = [(int(n), str(h)) for n, h in json.loads(recent or "[]")]
+                if pairs and pairs[-1] == (self.checkpoint, block_hash):
+                    self._folded = pairs[-REORG_MEMORY:]
 
     async def start(self) -> None:
         await self.load()
@@ -247,15 +254,18 @@ class MarketIndex:
         tables = self._tables()
         kept = [(kind, r) for kind, r in records if _exists(r)]
         gone = [(kind, r.id) for kind, r in records if not _exists(r)]
+        folded = [*(p for p in self._folded if p[0] < block)][-(REORG_MEMORY - 1):]
+        folded = [*folded, (block, block_hash)] if block_hash else []
         await self.store.save_market(
             [(kind, record.id, record.to_json()) for kind, record in kept],
-            (CHECKPOINT_KEY, f"{block}:{block_hash}"), removed=gone)
+            (CHECKPOINT_KEY, f"{block}:{block_hash}"), removed=gone,
+            kv=[(RECENT_KEY, json.dumps(folded))])
         for kind, record in kept:
             tables[kind][record.id] = record
         for kind, ident in gone:
             tables[kind].pop(ident, None)
         self.checkpoint = block
-        self._folded = [*self._folded[-(REORG_MEMORY - 1):], (block, block_hash)]
+        self._folded = folded
 
     async def _block_hash(self, number: int) -> str:
         block = await ChainClient._guard(self.client.w3.eth.get_block(number))
@@ -306,7 +316,6 @@ class MarketIndex:
             records = [(kind, RECORD_TYPES[kind].from_json({"id": ident}))
                        for kind, ids in dirty.items() for ident in ids]
             await self._commit(records, fork, "")
-            self._folded = []
         else:
             # Read every record back at the confirmed head (recent state, which any full
             # node has): what was only in orphaned blocks reads as nonexistent and goes;

@@ -81,18 +81,19 @@ class Store:
 
     async def save_market(self, rows: Iterable[tuple[str, str, dict[str, Any]]],
                           checkpoint: tuple[str, str] | None = None, *,
-                          removed: Iterable[tuple[str, str]] = ()) -> None:
-        """Upsert index rows, delete ``removed`` (kind, id) rows and move the checkpoint,
-        all in one transaction."""
+                          removed: Iterable[tuple[str, str]] = (),
+                          kv: Iterable[tuple[str, str]] = ()) -> None:
+        """Upsert index rows, delete ``removed`` (kind, id) rows, move the checkpoint and
+        set the ``kv`` pairs, all in one transaction."""
         await self._db.executemany(
             "INSERT OR REPLACE INTO market (kind, id, data) VALUES (?, ?, ?)",
             [(kind, ident, json.dumps(data)) for kind, ident, data in rows],
         )
         await self._db.executemany("DELETE FROM market WHERE kind = ? AND id = ?",
                                    list(removed))
-        if checkpoint is not None:
-            await self._db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)",
-                                   checkpoint)
+        pairs = [*([checkpoint] if checkpoint is not None else []), *kv]
+        await self._db.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)",
+                                   pairs)
         await self._db.commit()
 
     async def load_market(self) -> list[tuple[str, str, dict[str, Any]]]:

@@ -211,3 +211,21 @@ async def test_a_view_costs_the_node_one_request(harness: Harness, proxy: Public
     for _ in range(3):
         await market.param("bidFee")
     assert dict(proxy.calls) == {"eth_call": 3}  # the chain id is asked once, at connect
+
+
+async def test_a_restarted_index_still_finds_the_fork_where_it_is(
+        harness: Harness, anvil: Anvil, deployment: Deployment):
+    await harness.post_bid(price=10**12)
+    before = head(anvil)
+    index = await harness.index(anvil.rpc_url, start_block=deployment.block_number)
+    await index.poll_once()
+    orphan = await harness.post_bid(price=5 * 10**12)
+    await index.poll_once()
+    restarted = MarketIndex(index.market, index.store, start_block=deployment.block_number)
+    await restarted.load()  # the remembered checkpoints come back from the store
+    heard: list[MarketEvent] = []
+    restarted.subscribe(heard.append)
+    rpc(anvil.rpc_url, "anvil_reorg", [head(anvil) - before, []])
+    await restarted.poll_once()
+    assert [e.block for e in heard if e.name == REORG] == [before]
+    assert orphan not in restarted.bids
