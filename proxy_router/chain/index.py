@@ -49,6 +49,7 @@ MAX_LOG_RANGE = 5_000
 REORG_MEMORY = 64  # recent (block, hash) checkpoints kept to find where a reorg forked
 REORG_FALLBACK_BLOCKS = 256  # rewind this far when no remembered block survived a reorg
 MAX_BACKOFF_S = 60.0
+LOCAL_CHAIN_ID = 31337  # anvil / hardhat
 # How nodes say an eth_getLogs range is too wide (Alchemy, Infura, QuickNode, BASE, ...).
 RANGE_REFUSALS = re.compile(
     r"block range|range (is )?too (large|wide|big)|too many (results|logs|blocks)|"
@@ -222,10 +223,7 @@ class MarketIndex:
         every record, so nothing from an orphaned block stays a ghost."""
         self.head, self.head_timestamp = await self.client.head()
         if self.checkpoint < 0 and self.start_block <= 0:
-            # Never fold from block 0 on a real chain: start where the contract was created.
-            self.start_block = await self.client.deployment_block(self.contract.address)
-            self.checkpoint = self.start_block - 1
-            log.info("index_start_block", block=self.start_block)
+            await self._find_start_block()
         await self._repair_reorg()
         target = self.head - self.confirmations
         while self.checkpoint < target:
@@ -300,6 +298,22 @@ class MarketIndex:
                 self.log_range = min(self.max_log_range, self.log_range * 2)
                 self._answered = 0
             return list(logs), end
+
+    async def _find_start_block(self) -> None:
+        """Never fold a real chain from block 0: start where the contract was created.
+
+        A local dev chain (anvil's chain id) whose node keeps no old state (anvil restarted
+        from a state file) is folded from 0 instead: it is short. Elsewhere the error
+        stands, and names the setting that avoids the search."""
+        try:
+            self.start_block = await self.client.deployment_block(self.contract.address)
+        except ChainError as exc:
+            if self.client.chain_id != LOCAL_CHAIN_ID:
+                raise
+            log.warning("start_block_unknown_folding_from_0", error=str(exc))
+            self.start_block = 0
+        self.checkpoint = self.start_block - 1
+        log.info("index_start_block", block=self.start_block)
 
     async def _repair_reorg(self) -> None:
         if not self._folded:

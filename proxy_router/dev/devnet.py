@@ -36,7 +36,8 @@ from proxy_router.provider.llama import EmbeddedLlamaServer
 DEPLOYER, PROVIDER, USER, FEE_RECIPIENT = 0, 1, 2, 9
 MODEL_NAME = "SmolLM2-135M-Instruct"
 PRICE_PER_SECOND = 10**14  # 0.0001 MOR/s
-ROUTER_ENV_KEYS = ("ETH_NODE_ADDRESS", "ETH_NODE_CHAIN_ID", "WALLET_PRIVATE_KEY",
+ROUTER_ENV_KEYS = ("ETH_NODE_ADDRESS", "ETH_NODE_CHAIN_ID", "ETH_NODE_START_BLOCK",
+                   "WALLET_PRIVATE_KEY",
                    "MARKETPLACE_ADDRESS", "MOR_TOKEN_ADDRESS", "PROXY_ADDRESS", "WEB_ADDRESS",
                    "MODELS_CONFIG_PATH", "PROXY_STORAGE_PATH")
 
@@ -59,6 +60,8 @@ class DevnetState:
     provider_address: str
     root: str
     pids: dict[str, int] = field(default_factory=dict)
+    deploy_block: int = 0
+    """The block the contracts were deployed in: where routers' market indexes start."""
 
     def save(self) -> None:
         path = Path(self.root) / "state.json"
@@ -179,6 +182,7 @@ class Devnet:
             "modelId": chain["model_id"], "modelName": MODEL_NAME, "apiType": "openai",
             "apiUrl": backend_url, "concurrentSlots": slots}]}, indent=2) + "\n")
         common = {"ETH_NODE_ADDRESS": rpc_url, "ETH_NODE_CHAIN_ID": str(ANVIL_CHAIN_ID),
+                  "ETH_NODE_START_BLOCK": chain["deploy_block"],
                   "MARKETPLACE_ADDRESS": chain["marketplace"],
                   "MOR_TOKEN_ADDRESS": chain["token"], "ETH_NODE_POLLING_INTERVAL": "0.5",
                   "LOG_FORMAT": "json", **extra_env}
@@ -207,7 +211,8 @@ class Devnet:
             consumer_url=consumer_base + "/v1", consumer_base=consumer_base,
             provider_endpoint=endpoint, backend_url=backend_url, model_id=chain["model_id"],
             model_name=MODEL_NAME, bid_id=chain["bid_id"], user_address=dev_address(USER),
-            provider_address=dev_address(PROVIDER), root=str(self.root), pids=dict(self.pids))
+            provider_address=dev_address(PROVIDER), root=str(self.root), pids=dict(self.pids),
+            deploy_block=int(chain["deploy_block"]))
         state.save()
         self.state = state
         self._say("devnet is up")
@@ -300,7 +305,7 @@ class Devnet:
         finally:
             await client.close()
         return {"marketplace": dep.marketplace_address, "token": dep.mor_token_address,
-                "model_id": model_id, "bid_id": bid_id}
+                "model_id": model_id, "bid_id": bid_id, "deploy_block": str(dep.block_number)}
 
     # -- down ---------------------------------------------------------------------
 

@@ -28,6 +28,9 @@ class PublicRpcProxy:
     """Answer this many next requests with HTTP 429 (then recover)."""
     rpc_rate_limited_next: int = 0
     """Answer this many next requests with a JSON-RPC rate-limit error (HTTP 200)."""
+    no_state_before: int | None = None
+    """Refuse ``eth_getCode`` at older blocks, as a node without history (or anvil
+    restarted from a state file) does."""
     calls: Counter[str] = field(default_factory=Counter)
     log_spans: list[int] = field(default_factory=list)
     log_queries: list[tuple[int, int]] = field(default_factory=list)
@@ -74,6 +77,12 @@ class PublicRpcProxy:
             self.rpc_rate_limited_next -= 1
             self.refused["rpc-limit"] += 1
             return self._error(message, -32005, "rate limit exceeded, retry later")
+        if method == "eth_getCode" and self.no_state_before is not None:
+            block = message["params"][1]
+            if isinstance(block, str) and block.startswith("0x") \
+                    and int(block, 16) < self.no_state_before:
+                self.refused["history"] += 1
+                return self._error(message, -32602, "BlockOutOfRangeError: no state at block")
         if method == "eth_getLogs":
             query = message["params"][0]
             start, end = _block(query.get("fromBlock")), _block(query.get("toBlock"))

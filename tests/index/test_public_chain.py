@@ -229,3 +229,13 @@ async def test_a_restarted_index_still_finds_the_fork_where_it_is(
     await restarted.poll_once()
     assert [e.block for e in heard if e.name == REORG] == [before]
     assert orphan not in restarted.bids
+
+
+async def test_a_local_chain_without_history_is_folded_from_block_0(
+        harness: Harness, proxy: PublicRpcProxy, anvil: Anvil):
+    bid_id = await harness.post_bid()
+    proxy.no_state_before = head(anvil)  # the start block cannot be searched for
+    index = await harness.index(proxy.url)
+    await index.poll_once()
+    assert proxy.refused["history"] >= 1
+    assert index.start_block == 0 and bid_id in index.bids  # anvil's chain: short, so fine

@@ -131,6 +131,7 @@ async def consumer_router(state: DevnetState, private_key: str, storage: Path,
         wallet_private_key=private_key, marketplace_address=state.marketplace_address,
         mor_token_address=state.mor_token_address, web_address=f"127.0.0.1:{free_port()}",
         proxy_storage_path=storage, eth_node_polling_interval=0.5,
+        eth_node_start_block=state.deploy_block,
         **{"first_token_timeout_s": 5.0, **settings}))
     try:
         await router.start()
