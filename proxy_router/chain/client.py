@@ -51,6 +51,14 @@ KNOWN_ARTIFACTS = ("Marketplace", "MorToken")
 TRANSIENT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 
 
+def rpc_error_text(exc: Web3RPCError) -> str:
+    """The node's own words for a JSON-RPC error (web3's text wraps the whole error dict)."""
+    error = (exc.rpc_response or {}).get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return redact_text(error["message"])
+    return redact_text(str(exc.message))
+
+
 class FallbackHTTPProvider(AsyncHTTPProvider):
     """JSON-RPC over HTTP with several URLs: the first that answers wins.
 
@@ -351,7 +359,7 @@ class ChainClient:
         except TRANSIENT_ERRORS as exc:
             raise ChainUnavailable(redact_text(str(exc))) from exc
         except Web3RPCError as exc:  # e.g. "insufficient funds for gas * price + value"
-            raise TransactionFailed(f"node refused the transfer: {exc.message}") from None
+            raise TransactionFailed(f"node refused the transfer: {rpc_error_text(exc)}") from None
         tx_hash = await self._sign_and_send(tx)
         return self._result(await self._await_receipt(tx, tx_hash), "MorToken")
 
@@ -395,7 +403,8 @@ class ChainClient:
                     if attempt == 0 and "nonce" in msg:
                         log.warning("nonce_resync", error=str(exc))
                         continue
-                    raise TransactionFailed(f"node rejected the transaction: {exc}") from None
+                    raise TransactionFailed(
+                        f"node rejected the transaction: {rpc_error_text(exc)}") from None
                 except TRANSIENT_ERRORS as exc:
                     self._nonce = None
                     raise ChainUnavailable(redact_text(str(exc))) from exc

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from proxy_router.chain.client import ChainClient, FeePolicy
-from proxy_router.chain.errors import ChainUnavailable, ContractReverted
+from proxy_router.chain.errors import ChainUnavailable, ContractReverted, TransactionFailed
 from proxy_router.dev.anvil import dev_address, dev_key, rpc
 from tests.chain.helpers import ONE_HOUR_STAKE, addr, latest_timestamp, onboard, sign_approval
 from tests.conftest import OTHER, PROVIDER, USER, Chain
@@ -88,3 +88,19 @@ async def test_gas_is_estimated_for_the_next_block_not_the_last_one(chain: Chain
     approval, signature = await sign_approval(provider, offer.bid_id, addr(user), timestamp=now)
     session_id, _ = await user.open_session(ONE_HOUR_STAKE, approval, signature)
     assert (await user.get_session(session_id)).opened_at >= now
+
+
+async def test_eth_is_sent_with_the_same_receipt_handling_and_refusals_read_plainly(
+        chain: Chain):
+    client = await ChainClient.connect(chain.anvil.rpc_url, dev_key(USER))
+    try:
+        before = await client.w3.eth.get_balance(dev_address(OTHER))
+        result = await client.send_value(dev_address(OTHER), 12345)
+        assert result.status == 1 and result.gas_used == 21_000
+        assert await client.w3.eth.get_balance(dev_address(OTHER)) == before + 12345
+        with pytest.raises(TransactionFailed) as info:
+            await client.send_value(dev_address(OTHER), 10**30)
+        assert str(info.value) == ("node rejected the transaction: "
+                                   "Insufficient funds for gas * price + value")
+    finally:
+        await client.close()
