@@ -155,9 +155,11 @@ class Settings(BaseSettings):
 
     @field_validator("wallet_private_key", "keystore_path", "keystore_password_file",
                      "marketplace_address", "mor_token_address", "deployment_file",
-                     "eth_node_start_block", "network", mode="before")
+                     "eth_node_start_block", "network", "api_token", "api_basic_auth",
+                     mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
+        """``VAR=`` (as .env.example leaves optional ones) means "not set"."""
         return None if value == "" else value
 
     @model_validator(mode="after")
@@ -188,11 +190,6 @@ class Settings(BaseSettings):
             self.eth_node_start_block = int(dep.get("block_number", 0))
         if self.eth_node_chain_id is None and "chain_id" in dep:
             self.eth_node_chain_id = int(dep["chain_id"])
-
-    @field_validator("api_token", "api_basic_auth", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        return None if value == "" else value
 
     @field_validator("api_token")
     @classmethod

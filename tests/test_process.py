@@ -76,11 +76,9 @@ def test_stop_reaches_grandchildren_and_kills_what_ignores_sigterm(tmp_path: Pat
             "time.sleep(600)\n")
     proc = spawn(python(code), name="stubborn", ready=pid_file.exists, timeout=20)
     grandchild = int(pid_file.read_text())
-    begun = time.monotonic()
     proc.stop(timeout=0.5)
     assert not proc.running
     wait_until(lambda: not is_alive(grandchild) or _zombie(grandchild), 10, "grandchild gone")
-    assert time.monotonic() - begun < 60  # a bound on the test, not a performance claim
 
 
 def _zombie(pid: int) -> bool:

@@ -190,9 +190,8 @@ class MarketIndex:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 failures += 1
             # A node that refuses (429, down) is asked less often, up to once a minute.
-            wait = min(MAX_BACKOFF_S, self.poll_interval * 2 ** min(failures, 16))
-            if failures == 0:
-                wait = self.poll_interval
+            wait = min(MAX_BACKOFF_S, self.poll_interval * 2 ** min(failures, 16)) \
+                if failures else self.poll_interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
@@ -289,9 +288,7 @@ class MarketIndex:
                     log.info("log_range_narrowed", blocks=self.log_range)
                     continue
                 raise ChainUnavailable(redact_text(message)) from exc
-            except (ChainError, *TRANSIENT_ERRORS) as exc:
-                if isinstance(exc, ChainError):
-                    raise
+            except TRANSIENT_ERRORS as exc:
                 raise ChainUnavailable(redact_text(str(exc))) from exc
             self._answered += 1
             if self._answered >= 20 and self.log_range < self.max_log_range:
