@@ -29,7 +29,8 @@ from typing import Any, Literal
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from proxy_router.chain.index import MarketEvent, MarketIndex
+from proxy_router.chain.events import MarketEvent
+from proxy_router.chain.index import MarketIndex
 from proxy_router.chain.types import same_address
 
 Role = Literal["consumer", "provider"]

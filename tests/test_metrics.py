@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy_router.chain.index import MarketEvent
+from proxy_router.chain.events import MarketEvent
 from proxy_router.chain.types import Session
 from proxy_router.metrics import CONTENT_TYPE, Metrics
 from proxy_router.morrpc import RpcClient, RpcError, RpcServer, SessionKey, Signer

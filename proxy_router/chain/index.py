@@ -14,7 +14,6 @@ import contextlib
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -22,10 +21,10 @@ from web3 import AsyncWeb3
 from web3.exceptions import Web3RPCError
 from web3.providers.persistent import WebSocketProvider
 
-from proxy_router.chain.artifacts import event_topics
 from proxy_router.chain.client import TRANSIENT_ERRORS, ChainClient
 from proxy_router.chain.errors import ChainError, ChainUnavailable
-from proxy_router.chain.marketplace import Marketplace
+from proxy_router.chain.events import REORG, MarketEvent
+from proxy_router.chain.markets import Market
 from proxy_router.chain.types import (
     RECORD_TYPES,
     Bid,
@@ -34,8 +33,6 @@ from proxy_router.chain.types import (
     Provider,
     Session,
     chain_now,
-    normalize_address,
-    normalize_id,
     same_address,
 )
 from proxy_router.redact import redact_text
@@ -59,50 +56,15 @@ RATE_LIMITS = re.compile(r"rate limit|too many requests|429|request limit|capaci
                          re.IGNORECASE)
 KINDS = ("provider", "model", "bid", "session")
 # Events that change a provider's view (its stake, endpoint or active-bid count).
-REORG = "Reorg"
-"""The name of the event listeners get after a reorg was repaired (``block``: the fork)."""
 PROVIDER_EVENTS = {"ProviderRegistered", "ProviderDeregistered", "BidPosted", "BidDeleted",
                    "SessionOpened"}
-
-
-@dataclass(frozen=True, slots=True)
-class MarketEvent:
-    """A marketplace event: the ids it concerns (normalised as in ``types``) and, for
-    settlements and claims, the amounts it moved."""
-
-    name: str
-    block: int
-    provider: str | None = None
-    user: str | None = None
-    model_id: str | None = None
-    bid_id: str | None = None
-    session_id: str | None = None
-    amount: int = 0  # ProviderClaimed
-    provider_earned: int = 0  # SessionSettled, as the next three
-    user_refund: int = 0
-    held: int = 0
-    disputed: bool = False
-
-    @classmethod
-    def from_args(cls, name: str, block: int, args: dict[str, Any]) -> MarketEvent:
-        def addr(key: str) -> str | None:
-            return normalize_address(args[key]) if key in args else None
-
-        def ident(key: str) -> str | None:
-            return normalize_id(args[key]) if key in args else None
-        return cls(name, block, provider=addr("provider"), user=addr("user"),
-                   model_id=ident("modelId"), bid_id=ident("bidId"),
-                   session_id=ident("sessionId"), amount=int(args.get("amount", 0)),
-                   provider_earned=int(args.get("providerEarned", 0)),
-                   user_refund=int(args.get("userRefund", 0)), held=int(args.get("held", 0)),
-                   disputed=bool(args.get("disputed", False)))
 
 
 Listener = Callable[[MarketEvent], Awaitable[None] | None]
 
 
 class MarketIndex:
-    def __init__(self, market: Marketplace, store: Store, *,
+    def __init__(self, market: Market, store: Store, *,
                  poll_interval: float = 1.0, confirmations: int = 0,
                  start_block: int = 0, max_log_range: int = MAX_LOG_RANGE) -> None:
         self.market = market
@@ -132,7 +94,6 @@ class MarketIndex:
         self._heads: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._updated = asyncio.Condition()
-        self._topics = {topic: name for topic, name in event_topics("Marketplace").items()}
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -221,23 +182,19 @@ class MarketIndex:
         than ``confirmations`` rewinds the index to where the chains forked and reads
         every record, so nothing from an orphaned block stays a ghost."""
         self.head, self.head_timestamp = await self.client.head()
-        if self.checkpoint < 0 and self.start_block <= 0:
-            await self._find_start_block()
+        if self.checkpoint < self.start_block:  # nothing folded yet
+            if not await self._snapshot() and self.start_block <= 0:
+                await self._find_start_block()
         await self._repair_reorg()
         target = self.head - self.confirmations
         while self.checkpoint < target:
             start = self.checkpoint + 1
             logs, end = await self._logs(start, target)
             end_hash = await self._block_hash(end)
-            events: list[MarketEvent] = []
-            for raw in logs:
-                name = self._topics.get(bytes(raw["topics"][0])) if raw["topics"] else None
-                if name is None:
-                    continue
-                args = dict(getattr(self.contract.events, name)().process_log(raw)["args"])
-                events.append(MarketEvent.from_args(name, int(raw["blockNumber"]), args))
+            events = [e for e in map(self.market.decode_log, logs) if e is not None]
             records = await self._refresh(self._dirty(events), end)
             await self._commit(records, end, end_hash)
+            events.extend(self.market.derived_events(events, records))
             for event in events:
                 await self._notify(event)
             async with self._updated:
@@ -295,6 +252,18 @@ class MarketIndex:
                 self.log_range = min(self.max_log_range, self.log_range * 2)
                 self._answered = 0
             return list(logs), end
+
+    async def _snapshot(self) -> bool:
+        """Start from the confirmed head, reading every live record through the
+        flavour's paged views, when it offers them: a public chain's marketplace is
+        years of logs old (the diamond on BASE: millions of blocks)."""
+        at = max(0, self.head - self.confirmations)
+        dirty = await self.market.snapshot_ids(at)
+        if dirty is None:
+            return False
+        await self._commit(await self._refresh(dirty, at), at, await self._block_hash(at))
+        log.info("index_snapshot", block=at, **{kind: len(ids) for kind, ids in dirty.items()})
+        return True
 
     async def _find_start_block(self) -> None:
         """Never fold a real chain from block 0: start where the contract was created.

@@ -7,12 +7,11 @@ the one place our contract's structs are mapped to them).
 
 from __future__ import annotations
 
-from typing import Any
+from eth_abi.packed import encode_packed
+from eth_utils import keccak
 
-from eth_utils import to_checksum_address
-
-from proxy_router.chain.client import ChainClient, TxResult
-from proxy_router.chain.encoding import jsonable
+from proxy_router.chain.client import TxResult
+from proxy_router.chain.flavor import Block, Flavor, MarketplaceBase, Settled, to_bytes32
 from proxy_router.chain.types import (
     Bid,
     Model,
@@ -23,60 +22,12 @@ from proxy_router.chain.types import (
     normalize_id,
 )
 
-Block = int | str
-PAGE = 200  # ids per call of a paged view
 
+class Marketplace(MarketplaceBase):
+    """Our contract: escrow of ``price × duration``, refunds at close, disputes held."""
 
-def to_bytes32(value: str | bytes) -> bytes:
-    if isinstance(value, bytes):
-        if len(value) != 32:
-            raise ValueError("expected 32 bytes")
-        return value
-    raw = bytes.fromhex(value.removeprefix("0x"))
-    if len(raw) != 32:
-        raise ValueError(f"expected a 32-byte 0x-hex id, got {value!r}")
-    return raw
-
-
-class Marketplace:
-    def __init__(self, client: ChainClient, marketplace_address: str,
-                 mor_token_address: str) -> None:
-        self.client = client
-        self.contract = client.contract("Marketplace", marketplace_address)
-        self.token = client.contract("MorToken", mor_token_address)
-
-    @property
-    def address(self) -> str:
-        return str(self.contract.address)
-
-    # -- MOR -----------------------------------------------------------------
-
-    async def mor_balance(self, account: str) -> int:
-        return int(await self.client.call(self.token, "balanceOf", account))
-
-    async def eth_balance(self, account: str) -> int:
-        return int(await ChainClient._guard(
-            self.client.w3.eth.get_balance(to_checksum_address(account))))
-
-    async def mor_allowance(self, owner: str) -> int:
-        """MOR ``owner`` lets the marketplace take (stakes, escrow, fees)."""
-        return int(await self.client.call(self.token, "allowance", normalize_address(owner),
-                                          self.address))
-
-    async def send_mor(self, to: str, amount: int) -> TxResult:
-        return await self.client.transact(self.token, "transfer", normalize_address(to), amount)
-
-    async def ensure_allowance(self, amount: int) -> TxResult | None:
-        """Approve the marketplace for ``amount`` when the allowance is below it.
-
-        Approves a 3x reserve so consecutive sessions do not each pay for an
-        approval transaction.
-        """
-        current = int(await self.client.call(self.token, "allowance", self.client.address,
-                                             self.address))
-        if current >= amount:
-            return None
-        return await self.client.transact(self.token, "approve", self.address, amount * 3)
+    flavor: Flavor = "native"
+    artifact = "Marketplace"
 
     # -- writes ---------------------------------------------------------------
 
@@ -102,35 +53,40 @@ class Marketplace:
                                         price_per_second)
         return "0x" + bytes(tx.event("BidPosted")["bidId"]).hex(), tx
 
-    async def open_session(self, amount: int, approval: bytes,
-                           signature: bytes) -> tuple[str, TxResult]:
+    async def stake_for(self, price_per_second: int, seconds: int, *,
+                        direct: bool = True) -> int:
+        """The escrow a session of ``seconds`` takes: exactly what it can cost."""
+        if not direct:
+            raise ValueError("this marketplace has no stake-mode sessions")
+        return price_per_second * seconds
+
+    async def open_session(self, amount: int, approval: bytes, signature: bytes, *,
+                           direct: bool = True) -> tuple[str, TxResult]:
+        if not direct:
+            raise ValueError("this marketplace has no stake-mode sessions")
         await self.ensure_allowance(amount)
         tx = await self.client.transact(self.contract, "openSession", amount, approval, signature)
         return "0x" + bytes(tx.event("SessionOpened")["sessionId"]).hex(), tx
-
-    async def close_session(self, receipt: bytes, signature: bytes) -> TxResult:
-        return await self.client.transact(self.contract, "closeSession", receipt, signature)
-
-    async def deregister_model(self, model_id: str | bytes) -> TxResult:
-        return await self.client.transact(self.contract, "modelDeregister",
-                                          to_bytes32(model_id))
-
-    async def delete_bid(self, bid_id: str | bytes) -> TxResult:
-        return await self.client.transact(self.contract, "deleteModelBid", to_bytes32(bid_id))
 
     async def claim_for_provider(self, session_id: str | bytes) -> TxResult:
         return await self.client.transact(self.contract, "claimForProvider",
                                           to_bytes32(session_id))
 
+    def approval_key(self, user: str, provider: str, bid_id: bytes, approval: bytes) -> str:
+        """What an approval is remembered by until it is used: the id of the session it
+        opens (the contract derives it from the approval)."""
+        return "0x" + keccak(encode_packed(["address", "address", "bytes32", "bytes32"],
+                                           [user, provider, bid_id, keccak(approval)])).hex()
+
+    async def approval_used(self, key: str) -> bool:
+        return (await self.get_session(key)).exists
+
+    async def settled(self, tx: TxResult, session: Session) -> Settled:
+        args = tx.event("SessionSettled")
+        return Settled(int(args["providerEarned"]), int(args["userRefund"]),
+                       int(args["held"]), bool(args["disputed"]))
+
     # -- views ----------------------------------------------------------------
-
-    async def param(self, name: str) -> int:
-        return int(await self.client.call(self.contract, name))
-
-    async def _view(self, fn: str, *args: Any, block: Block) -> dict[str, Any]:
-        value = jsonable(await self.client.call(self.contract, fn, *args, block=block))
-        assert isinstance(value, dict)
-        return value
 
     async def get_provider(self, address: str, *, block: Block = "latest") -> Provider:
         address = normalize_address(address)
@@ -157,16 +113,6 @@ class Marketplace:
 
     # -- paged lists (the contract's ``(ids, total)`` views) ---------------------------------
 
-    async def _all_ids(self, fn: str, *args: Any) -> list[str]:
-        ids: list[str] = []
-        offset = 0
-        while True:
-            page, total = await self.client.call(self.contract, fn, *args, offset, PAGE)
-            ids.extend(normalize_id(bytes(i)) for i in page)
-            offset += PAGE
-            if offset >= int(total) or not page:
-                return ids
-
     async def model_ids(self) -> list[str]:
         """Registered (not deregistered) models."""
         return await self._all_ids("getModelIds")
@@ -190,6 +136,6 @@ class Marketplace:
     async def sessions_of_user(self, user: str, offset: int, limit: int
                                ) -> tuple[list[str], int]:
         """One page of the user's session ids (newest last) and their total count."""
-        ids, total = await self.client.call(self.contract, "getSessionsByUser",
-                                            normalize_address(user), offset, limit)
-        return [normalize_id(bytes(i)) for i in ids], int(total)
+        ids, total = await self._page("getSessionsByUser", normalize_address(user),
+                                      offset=offset, limit=limit)
+        return [normalize_id(bytes(i)) for i in ids], total

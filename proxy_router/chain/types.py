@@ -140,8 +140,9 @@ class Bid(_Record):
 
 @dataclass(frozen=True, slots=True)
 class Session(_Record):
-    """``provider_earned + user_refund == stake`` once closed; ``held`` is the part of
-    ``provider_earned`` not paid out yet (a disputed close, until claimed)."""
+    """``provider_earned + user_refund == stake`` once closed (a Morpheus stake-mode
+    session refunds the whole stake: the funding account pays the provider); ``held``
+    is the part of ``provider_earned`` not paid out yet (until claimed)."""
 
     id: str
     user: str = ""
@@ -160,6 +161,8 @@ class Session(_Record):
     disputed: bool = False
     closed: bool = False
     claimed: bool = False
+    direct_payment: bool = True  # False: a Morpheus stake-mode session (emission-funded)
+    claimed_amount: int = 0  # what the provider has withdrawn so far (Morpheus)
 
     @property
     def exists(self) -> bool:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from eth_utils import keccak
 
 from proxy_router.chain.client import TxResult
-from proxy_router.chain.marketplace import Marketplace, to_bytes32
+from proxy_router.chain.flavor import to_bytes32
+from proxy_router.chain.marketplace import Marketplace
 from proxy_router.chain.types import Bid, Model, Provider, same_address
 from proxy_router.cli.args import HEX32, Commands, Parser, address_arg, endpoint_arg, id32_arg
 from proxy_router.cli.context import CliError, Context

@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel
 
-from proxy_router.chain.marketplace import to_bytes32
+from proxy_router.chain.flavor import to_bytes32
 from proxy_router.consumer.access import ROUTE_ACCESS, Access, AccessPolicy
 from proxy_router.consumer.chat import ChatService, Reply
 from proxy_router.consumer.domain_errors import ProviderUnavailable

@@ -22,8 +22,9 @@ from hexbytes import HexBytes
 
 from proxy_router.chain.encoding import Approval, recover_blob_signer
 from proxy_router.chain.errors import ChainError, ContractReverted
-from proxy_router.chain.index import MarketEvent, MarketIndex
-from proxy_router.chain.marketplace import Marketplace
+from proxy_router.chain.events import MarketEvent
+from proxy_router.chain.index import MarketIndex
+from proxy_router.chain.markets import Market
 from proxy_router.chain.types import Bid, ProviderModelStats, Session, same_address
 from proxy_router.consumer.domain_errors import (
     BidNotActive,
@@ -112,10 +113,12 @@ class SessionManager:
     """This wallet's sessions. Failures are ``domain_errors``, a provider's ``RpcError``
     or ``RpcUnavailable``, or a ``ChainError``: what the client sees is the API's call."""
 
-    def __init__(self, *, account: LocalAccount, market: Marketplace, index: MarketIndex,
+    def __init__(self, *, account: LocalAccount, market: Market, index: MarketIndex,
                  store: Store, pool: RpcPool, allowlist: set[str] | None = None,
-                 idle_timeout_s: int = 0) -> None:
+                 idle_timeout_s: int = 0, direct_payment: bool = True) -> None:
         self.account = account
+        self.direct_payment = direct_payment
+        """How sessions are paid (Morpheus: False = stake mode, the emission pays)."""
         self.market = market
         self.index = index
         self.store = store
@@ -271,7 +274,7 @@ class SessionManager:
         if bid.deleted_at:
             raise BidNotActive(f"bid {bid_id} is not active")
         price = bid.price_per_second
-        stake = price * duration
+        stake = await self.market.stake_for(price, duration, direct=self.direct_payment)
         balance = await self.market.mor_balance(self.account.address)
         if balance < stake:
             raise InsufficientMor(f"a {duration}s session at {price} wei/s needs {stake} "
@@ -284,7 +287,8 @@ class SessionManager:
                                                       "key": key.public_key_hex})
         approval, signature = self._check_approval(reply, bid_id, provider)
         try:
-            session_id, tx = await self.market.open_session(stake, approval, signature)
+            session_id, tx = await self.market.open_session(stake, approval, signature,
+                                                            direct=self.direct_payment)
         except ContractReverted as exc:
             raise OpenSessionReverted(f"openSession reverted: {exc.reason}") from None
         onchain = await self.market.get_session(session_id)

@@ -23,8 +23,7 @@ from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
 
 from proxy_router.chain.encoding import Receipt, recover_blob_signer, sign_blob
-from proxy_router.chain.index import MarketEvent
-from proxy_router.chain.marketplace import Marketplace
+from proxy_router.chain.markets import Market
 from proxy_router.chain.types import Session, chain_now, same_address
 from proxy_router.consumer.domain_errors import NotSessionUser, SessionClosed, SessionNotFound
 from proxy_router.morrpc import ErrorCode, RpcError, RpcPool, RpcUnavailable
@@ -67,7 +66,7 @@ class Settlement:
 class Settler:
     """Closes the sessions of ``account`` (their user) on ``market``."""
 
-    def __init__(self, market: Marketplace, pool: RpcPool, account: LocalAccount, *,
+    def __init__(self, market: Market, pool: RpcPool, account: LocalAccount, *,
                  clock: Callable[[], int] = chain_now,
                  endpoint_of: EndpointOf | None = None) -> None:
         self.market = market
@@ -101,8 +100,7 @@ class Settler:
         else:
             receipt, signature, problem = await self.receipt(onchain, endpoint)
         tx = await self.market.close_session(receipt, signature)
-        settled = MarketEvent.from_args("SessionSettled", tx.block_number,
-                                        tx.event("SessionSettled"))
+        settled = await self.market.settled(tx, onchain)
         return Settlement(session_id=session_id, tx=tx.tx_hash, gas_used=tx.gas_used,
                           gas_cost_wei=tx.fee_wei, stake=onchain.stake,
                           provider_earned=settled.provider_earned,

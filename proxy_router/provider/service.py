@@ -22,16 +22,18 @@ from typing import Any, TypeVar
 
 import aiohttp
 import structlog
-from eth_abi.packed import encode_packed
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
 
 from proxy_router import __version__, bounded_json
 from proxy_router.chain.client import ChainClient
 from proxy_router.chain.encoding import Approval, Receipt, sign_blob
 from proxy_router.chain.errors import ChainError
-from proxy_router.chain.index import REORG, MarketEvent, MarketIndex
-from proxy_router.chain.marketplace import Marketplace, to_bytes32
+from proxy_router.chain.events import REORG, MarketEvent
+from proxy_router.chain.flavor import to_bytes32
+from proxy_router.chain.index import MarketIndex
+from proxy_router.chain.markets import Market
+from proxy_router.chain.morpheus import MorpheusMarketplace
 from proxy_router.chain.types import Bid, Session, SessionStatus, same_address
 from proxy_router.metrics import Metrics
 from proxy_router.morrpc import ErrorCode, RequestContext, RpcError, RpcServer
@@ -102,7 +104,7 @@ class ProviderService:
     """The provider's MOR-RPC handlers, its capacity and approval bookkeeping, and the
     settlement of sessions its users left open."""
 
-    def __init__(self, *, account: LocalAccount, market: Marketplace, index: MarketIndex,
+    def __init__(self, *, account: LocalAccount, market: Market, index: MarketIndex,
                  models: ModelsConfig, backend_urls: dict[str, str], store: Store,
                  http: aiohttp.ClientSession, backend_timeouts: BackendTimeouts | None = None,
                  capacity: CapacityManager | None = None, close_grace_s: int = 60,
@@ -131,6 +133,7 @@ class ProviderService:
         self.metrics = metrics or Metrics("provider")
         self._http = http
         self._sessions: dict[str, Session] = {}
+        self._claimed: set[str] = set()  # Morpheus sessions claimed (no event tells)
         """Our own open sessions as read from the chain (evicted at close or end)."""
         self._gas_price: tuple[float, int] = (0.0, 0)
         index.subscribe(self._on_event)
@@ -233,9 +236,8 @@ class ProviderService:
         bid_bytes = bytes.fromhex(bid_id[2:])
         approval = Approval(bid_bytes, self.market.client.chain_id, user, stamp).encode()
         signature = sign_blob(self.account, approval)
-        session_id = keccak(encode_packed(["address", "address", "bytes32", "bytes32"],
-                                          [user, self.address, bid_bytes, keccak(approval)]))
-        self.approvals.add(user, bid_id, stamp, "0x" + session_id.hex())
+        self.approvals.add(user, bid_id, stamp,
+                           self.market.approval_key(user, self.address, bid_bytes, approval))
         return approval, signature
 
     async def _forget_opened_approvals(self, user: str) -> None:
@@ -243,10 +245,9 @@ class ProviderService:
         chain about those (a few reads, and only for a user who was given approvals)."""
         if self.approvals.outstanding(user) < self.approvals.per_user:
             return
-        for session_id in self.approvals.sessions_of(user):
-            session = await self._read(self.market.get_session(session_id))
-            if session.exists:
-                self.approvals.consume(session_id)
+        for key in self.approvals.sessions_of(user):
+            if await self._read(self.market.approval_used(key)):
+                self.approvals.consume(key)
 
     def _check_approval_cap(self, user: str) -> None:
         try:
@@ -394,6 +395,9 @@ class ProviderService:
                 await self._settle(session_id, session, now)
 
     async def _settle(self, session_id: str, session: Session, now: int) -> None:
+        if isinstance(self.market, MorpheusMarketplace):
+            await self._claim(session_id, session, now)
+            return
         try:
             if not session.closed and now >= session.ends_at + self.close_grace_s:
                 receipt, signature, _ = await self._signed_receipt(session_id)
@@ -408,6 +412,26 @@ class ProviderService:
         except ChainError as exc:
             # Reverts here mean the user settled first: the index catches up.
             log.info("provider_settlement_skipped", session=session_id, error=str(exc))
+
+    async def _claim(self, session_id: str, session: Session, now: int) -> None:
+        """The diamond pays at the user's close; what is left (a session its user never
+        closed, or a disputed day's share after midnight) is claimed, once and only when
+        positive: ``claimForProvider`` reverts (Panic 0x11) when nothing is owed."""
+        assert isinstance(self.market, MorpheusMarketplace)
+        if session_id in self._claimed or (now < session.ends_at + self.close_grace_s \
+                and not session.closed):
+            return
+        owed = self.market.claimable(session, now)
+        if owed <= 0:
+            return
+        try:
+            tx = await self.market.claim_for_provider(session_id)
+        except ChainError as exc:
+            log.info("provider_claim_skipped", session=session_id, error=str(exc))
+            return
+        # No event names the session: remember it, or every sweep would claim again.
+        self._claimed.add(session_id)
+        log.info("provider_share_claimed", session=session_id, tx=tx.tx_hash, amount=str(owed))
 
     # -- health -----------------------------------------------------------------
 

@@ -96,6 +96,9 @@ def as_view(record: Provider | Model | Bid | Session | ProviderModelStats) -> di
     without the id the record adds."""
     data = record.to_json()
     data.pop("id", None)
+    if isinstance(record, Session):  # the Morpheus flavour's fields, not in our struct
+        data.pop("directPayment")
+        data.pop("claimedAmount")
     return data
 
 

@@ -18,7 +18,8 @@ from eth_utils import keccak
 from proxy_router.chain.client import ChainClient
 from proxy_router.chain.deploy import Deployment, deploy_all
 from proxy_router.chain.errors import ChainUnavailable
-from proxy_router.chain.index import REORG, MarketEvent, MarketIndex
+from proxy_router.chain.events import REORG, MarketEvent
+from proxy_router.chain.index import MarketIndex
 from proxy_router.chain.marketplace import Marketplace
 from proxy_router.dev.anvil import Anvil, dev_address, dev_key, rpc
 from proxy_router.store.db import Store

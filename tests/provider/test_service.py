@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from proxy_router.chain.errors import ChainUnavailable
-from proxy_router.chain.index import REORG, MarketEvent
+from proxy_router.chain.events import REORG, MarketEvent
 from proxy_router.chain.types import Bid, Session
 from proxy_router.dev.mock_openai import MockOpenAIServer
 from proxy_router.metrics import Metrics
