@@ -32,6 +32,7 @@ from aiohttp.web_protocol import RequestHandler
 
 if TYPE_CHECKING:
     from proxy_router.config import Settings
+    from proxy_router.dualport import RawHandler
 
 log = structlog.get_logger(__name__)
 
@@ -199,11 +200,15 @@ _MALFORMED_FILTER = _PeerMalformedRequest()
 
 async def serve_app(app: web.Application, host: str, port: int,
                     limits: ConnectionLimits | None = None, *, shutdown_timeout: float = 5.0,
-                    handle_signals: bool = False) -> tuple[web.AppRunner, int]:
+                    handle_signals: bool = False,
+                    raw: RawHandler | None = None) -> tuple[web.AppRunner, int]:
     """Serve ``app`` on ``host:port`` with ``limits``; returns the runner and the bound port.
 
     ``port`` 0 binds any free port. The caller owns the runner (``await runner.cleanup()``).
+    ``raw`` also serves, on the same port, connections that open with a JSON object
+    (the reference's MOR-RPC wire, see ``dualport``).
     """
+    from proxy_router.dualport import DualSite
     limits = limits or ConnectionLimits()
     server_log = logging.getLogger("aiohttp.server")
     if _MALFORMED_FILTER not in server_log.filters:
@@ -215,7 +220,9 @@ async def serve_app(app: web.Application, host: str, port: int,
         server = runner.server
         assert server is not None  # set by setup()
         ConnectionGuard(limits).install(server)
-        await web.TCPSite(runner, host, port).start()
+        site = web.TCPSite(runner, host, port) if raw is None else \
+            DualSite(runner, host, port, raw, limits)
+        await site.start()
     except BaseException:
         await runner.cleanup()
         raise

@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "proxy_router"
 
 # Small modules every layer may use.
 BASE = {"__version__", "bounded_json", "redact", "ports", "periodic", "ratelimit", "logs",
-        "config", "netguard", "process", "keystore", "networks"}
+        "config", "netguard", "process", "keystore", "networks", "dualport"}
 ALLOWED: dict[str, set[str]] = {
     "store": set(),
     "morrpc": set(),
