@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Compile contracts/*.sol with the pinned solc and write ABI + bytecode artifacts.
 
+contracts/morpheus/*.sol (the test double of the Morpheus-Lumerin marketplace and its
+interface) is compiled in a second job of its own, so adding or changing it cannot move a
+byte of the artifacts of our own contracts; its interface is written as an ABI-only artifact.
+
 Uses a native ``solc`` of exactly SOLC_VERSION when one is installed (e.g. by
 ``solc-select install 0.8.28``), otherwise the npm ``solc`` package of the same
 version (solcjs, run with node from ./node_modules). Both get the same standard-JSON
@@ -33,6 +37,8 @@ SOLC_VERSION = "0.8.28"  # keep in sync with package.json devDependencies.solc
 
 REPO = Path(__file__).resolve().parents[1]
 CONTRACTS_DIR = "contracts"
+MORPHEUS_DIR = "contracts/morpheus"  # the Morpheus-Lumerin test double (second job)
+ABI_ONLY = ("IMorpheusDiamond",)  # interfaces written as artifacts (ABI, no bytecode)
 ARTIFACTS_DIR = "proxy_router/chain/build"  # package data, see proxy_router/chain/artifacts.py
 DEFAULT_OUT = REPO / ARTIFACTS_DIR
 REMAPPINGS = ("@openzeppelin/=node_modules/@openzeppelin/",)
@@ -83,11 +89,12 @@ def _resolve_import(unit: str, path: str) -> str:
     return target + path[len(prefix) :]
 
 
-def collect_sources(repo: Path = REPO) -> dict[str, str]:
-    """Our contracts plus everything they import, keyed by repo-relative source unit name."""
-    roots = sorted(p.relative_to(repo).as_posix() for p in (repo / CONTRACTS_DIR).glob("*.sol"))
+def collect_sources(repo: Path = REPO, contracts_dir: str = CONTRACTS_DIR) -> dict[str, str]:
+    """The contracts in one folder plus everything they import, keyed by repo-relative source
+    unit name."""
+    roots = sorted(p.relative_to(repo).as_posix() for p in (repo / contracts_dir).glob("*.sol"))
     if not roots:
-        raise CompileError(f"no .sol files in {repo / CONTRACTS_DIR}")
+        raise CompileError(f"no .sol files in {repo / contracts_dir}")
     sources: dict[str, str] = {}
     pending = list(roots)
     while pending:
@@ -224,8 +231,21 @@ def run_compiler(std_input: dict[str, Any], compiler: str) -> tuple[str, dict[st
 
 
 def build_artifacts(compiler: str = "auto") -> tuple[str, dict[str, str]]:
-    """Compile and return (version, {file name: JSON text}) for our deployable contracts."""
-    sources = collect_sources()
+    """Compile and return (version, {file name: JSON text}) for our deployable contracts
+    and the Morpheus double (two jobs, see the module docstring)."""
+    version, files = _compile_folder(CONTRACTS_DIR, compiler)
+    morpheus_version, morpheus_files = _compile_folder(MORPHEUS_DIR, compiler)
+    if morpheus_version != version:  # the same binary compiles both: cannot happen
+        raise CompileError(f"two solc versions: {version} and {morpheus_version}")
+    clash = sorted(set(files) & set(morpheus_files))
+    if clash:
+        raise CompileError(f"artifact names in both {CONTRACTS_DIR} and {MORPHEUS_DIR}: {clash}")
+    return version, {**files, **morpheus_files}
+
+
+def _compile_folder(contracts_dir: str, compiler: str) -> tuple[str, dict[str, str]]:
+    """One standard-JSON job for the .sol files of ``contracts_dir``."""
+    sources = collect_sources(contracts_dir=contracts_dir)
     version, output = run_compiler(standard_json_input(sources), compiler)
     errors = [e for e in output.get("errors", []) if e.get("severity") == "error"]
     for e in output.get("errors", []):
@@ -239,11 +259,11 @@ def build_artifacts(compiler: str = "auto") -> tuple[str, dict[str, str]]:
     settings = dict(SETTINGS)
     files: dict[str, str] = {}
     for unit, contracts in sorted(output.get("contracts", {}).items()):
-        if posixpath.dirname(unit) != CONTRACTS_DIR:
+        if posixpath.dirname(unit) != contracts_dir:
             continue  # dependencies (OpenZeppelin)
         for name, data in sorted(contracts.items()):
             bytecode = data["evm"]["bytecode"]["object"]
-            if not bytecode:
+            if not bytecode and name not in ABI_ONLY:
                 continue  # interfaces and abstract contracts
             artifact = {
                 "contractName": name,

@@ -176,7 +176,7 @@ def test_compile_writes_where_the_package_reads(monkeypatch: pytest.MonkeyPatch)
     assert compile_mod.DEFAULT_OUT == BUILD
     packaged = artifacts.artifacts_dir()
     assert {p.name for p in packaged.iterdir() if p.name.endswith(".json")} == {
-        "Marketplace.json", "MorToken.json"}
+        "Marketplace.json", "MorToken.json", "MorpheusDiamondDouble.json", "IMorpheusDiamond.json"}
     assert packaged.joinpath("Marketplace.json").read_text() == (
         BUILD / "Marketplace.json").read_text()
     assert not (REPO / "contracts" / "build").exists(), "artifacts moved into the package"

@@ -74,13 +74,19 @@ class ErrorAbi:
 
 @cache
 def error_selectors(*names: str) -> dict[bytes, ErrorAbi]:
-    """Map 4-byte selectors to custom errors declared in the named artifacts."""
+    """Map 4-byte selectors to custom errors declared in the named artifacts.
+
+    Where two artifacts declare the same error (e.g. ``OwnableUnauthorizedAccount`` with
+    ``account`` in ours and ``account_`` in the Morpheus interface), the first named wins,
+    so adding an artifact at the end never renames another's error arguments."""
     out: dict[bytes, ErrorAbi] = {}
     for name in names:
         for item in load_artifact(name).abi:
             if item.get("type") != "error":
                 continue
             selector = function_abi_to_4byte_selector(item)  # type: ignore[arg-type]
+            if selector in out:
+                continue
             out[selector] = ErrorAbi(
                 name=item["name"],
                 input_names=[i.get("name") or f"arg{n}" for n, i in enumerate(item["inputs"])],

@@ -47,7 +47,7 @@ log = structlog.get_logger(__name__)
 
 ERROR_STRING_SELECTOR = bytes.fromhex("08c379a0")
 PANIC_SELECTOR = bytes.fromhex("4e487b71")
-KNOWN_ARTIFACTS = ("Marketplace", "MorToken")
+KNOWN_ARTIFACTS = ("Marketplace", "MorToken", "IMorpheusDiamond")
 TRANSIENT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 
 
@@ -259,8 +259,8 @@ class ChainClient:
         key = (name, address.lower())
         if key not in self._contracts:
             self._contracts[key] = self.w3.eth.contract(
-                address=AsyncWeb3.to_checksum_address(address), abi=load_artifact(name).abi,
-                decode_tuples=True,
+                address=AsyncWeb3.to_checksum_address(address),
+                abi=named_outputs(load_artifact(name).abi), decode_tuples=True,
             )
         return self._contracts[key]
 
@@ -505,6 +505,22 @@ class ChainClient:
             return await awaitable
         except (*TRANSIENT_ERRORS, Web3RPCError) as exc:  # down, or refusing (e.g. 429)
             raise ChainUnavailable(redact_text(str(exc))) from exc
+
+
+def named_outputs(abi: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ABI with every unnamed output of a multi-output function named ``out<i>``.
+
+    web3's tuple decoding keys outputs by name, so two unnamed ones (the diamond's
+    ``(bytes32[], uint256)`` pages) collapse into the last; names change no selector."""
+    out = []
+    for item in abi:
+        outputs = item.get("outputs") or []
+        if item.get("type") == "function" and len(outputs) > 1 and any(
+                not o.get("name") for o in outputs):
+            item = {**item, "outputs": [{**o, "name": o.get("name") or f"out{i}"}
+                                        for i, o in enumerate(outputs)]}
+        out.append(item)
+    return out
 
 
 def decode_revert(data: Any, *, fallback: str = "execution reverted", panic: bool = False,

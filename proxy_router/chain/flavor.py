@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from eth_utils import to_checksum_address
 
@@ -111,6 +111,18 @@ class MarketplaceBase:
 
     async def param(self, name: str) -> int:
         return int(await self.client.call(self.contract, name))
+
+    PARAMS: ClassVar[dict[str, str]] = {}
+    """Our names of the contract's parameters → its getters."""
+
+    async def provider_min_stake(self) -> int:
+        return await self.param(self.PARAMS["provider_min_stake"])
+
+    async def model_min_stake(self) -> int:
+        return await self.param(self.PARAMS["model_min_stake"])
+
+    async def bid_fee(self) -> int:
+        return await self.param(self.PARAMS["bid_fee"])
 
     async def _view(self, fn: str, *args: Any, block: Block) -> dict[str, Any]:
         value = jsonable(await self.client.call(self.contract, fn, *args, block=block))

@@ -7,6 +7,8 @@ the one place our contract's structs are mapped to them).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from eth_abi.packed import encode_packed
 from eth_utils import keccak
 
@@ -28,6 +30,10 @@ class Marketplace(MarketplaceBase):
 
     flavor: Flavor = "native"
     artifact = "Marketplace"
+    PARAMS: ClassVar[dict[str, str]] = {
+        "provider_min_stake": "providerMinStake",
+        "model_min_stake": "modelMinStake",
+        "bid_fee": "bidFee"}
 
     # -- writes ---------------------------------------------------------------
 
@@ -46,7 +52,7 @@ class Marketplace(MarketplaceBase):
         return "0x" + bytes(tx.event("ModelRegistered")["modelId"]).hex(), tx
 
     async def post_bid(self, model_id: str | bytes, price_per_second: int) -> tuple[str, TxResult]:
-        fee = await self.param("bidFee")
+        fee = await self.bid_fee()
         if fee:
             await self.ensure_allowance(fee)
         tx = await self.client.transact(self.contract, "postModelBid", to_bytes32(model_id),

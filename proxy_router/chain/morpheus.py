@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from eth_abi.packed import encode_packed
 from eth_utils import keccak
@@ -77,6 +77,10 @@ def start_of_day(timestamp: int) -> int:
 class MorpheusMarketplace(MarketplaceBase):
     flavor: Flavor = "morpheus"
     artifact = "IMorpheusDiamond"
+    PARAMS: ClassVar[dict[str, str]] = {
+        "provider_min_stake": "getProviderMinimumStake",
+        "model_min_stake": "getModelMinimumStake",
+        "bid_fee": "getBidFee"}
 
     def __init__(self, client: Any, marketplace_address: str, mor_token_address: str) -> None:
         super().__init__(client, marketplace_address, mor_token_address)
@@ -106,7 +110,7 @@ class MorpheusMarketplace(MarketplaceBase):
 
     async def post_bid(self, model_id: str | bytes, price_per_second: int
                        ) -> tuple[str, TxResult]:
-        fee = await self.param("getBidFee")
+        fee = await self.bid_fee()
         if fee:
             await self.ensure_allowance(fee)
         tx = await self.client.transact(self.contract, "postModelBid", self.me,

@@ -12,7 +12,7 @@ from eth_utils import keccak
 
 from proxy_router.chain.client import TxResult
 from proxy_router.chain.flavor import to_bytes32
-from proxy_router.chain.marketplace import Marketplace
+from proxy_router.chain.markets import Market
 from proxy_router.chain.types import Bid, Model, Provider, same_address
 from proxy_router.cli.args import HEX32, Commands, Parser, address_arg, endpoint_arg, id32_arg
 from proxy_router.cli.context import CliError, Context
@@ -111,13 +111,13 @@ class ProviderChange:
     tx: TxResult
 
 
-async def register_provider(market: Marketplace, endpoint: str,
+async def register_provider(market: Market, endpoint: str,
                             stake: int | None = None) -> ProviderChange:
     """``providerRegister``: register, or update the endpoint and add ``stake``.
     ``stake`` None: the contract's minimum for a new (or deregistered) provider, else 0."""
     if stake is None:
         current = await market.get_provider(market.client.address)
-        stake = 0 if current.registered else await market.param("providerMinStake")
+        stake = 0 if current.registered else await market.provider_min_stake()
     tx = await market.register_provider(stake, endpoint)
     return ProviderChange(await market.get_provider(market.client.address), stake, tx)
 
@@ -136,7 +136,7 @@ class ModelRegistration:
     tx: TxResult
 
 
-async def register_model(market: Marketplace, name: str, *, base_model_id: str | None = None,
+async def register_model(market: Market, name: str, *, base_model_id: str | None = None,
                          ipfs_cid: str = ZERO32, stake: int | None = None,
                          tags: list[str] | tuple[str, ...] = ()) -> ModelRegistration:
     """``modelRegister``; ``stake`` None: the contract's minimum for a new model, else 0."""
@@ -144,7 +144,7 @@ async def register_model(market: Marketplace, name: str, *, base_model_id: str |
     model_id = "0x" + keccak(bytes.fromhex(market.client.address[2:]) + base).hex()
     if stake is None:
         current = await market.get_model(model_id)
-        stake = 0 if current.exists else await market.param("modelMinStake")
+        stake = 0 if current.exists else await market.model_min_stake()
     registered_id, tx = await market.register_model(base, to_bytes32(ipfs_cid), stake, name,
                                                     list(tags))
     return ModelRegistration(await market.get_model(registered_id), stake, tx)
@@ -166,7 +166,7 @@ class BidPosting:
     tx: TxResult
 
 
-async def post_bid(market: Marketplace, model: Model, price: int) -> BidPosting:
+async def post_bid(market: Market, model: Model, price: int) -> BidPosting:
     bid_id, tx = await market.post_bid(model.id, price)
     return BidPosting(await market.get_bid(bid_id), model, tx)
 
@@ -179,14 +179,14 @@ def report_bid(posting: BidPosting) -> None:
     print(f"bidId={bid.id}")
 
 
-async def registered_model(market: Marketplace, model_id: str) -> Model:
+async def registered_model(market: Market, model_id: str) -> Model:
     model = await market.get_model(model_id)
     if not model.exists:
         raise CliError(f"model {model_id} is not registered (or was deregistered)")
     return model
 
 
-async def resolve_model(market: Marketplace, text: str, *, prefer_owner: str | None = None
+async def resolve_model(market: Market, text: str, *, prefer_owner: str | None = None
                         ) -> Model:
     """A model by 0x id, or by name among the active models (this wallet's first)."""
     if HEX32.match(text):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy_router.chain.errors import ContractReverted
-from proxy_router.chain.marketplace import Marketplace
+from proxy_router.chain.markets import Market
 from proxy_router.chain.types import Session
 from proxy_router.cli.args import Commands, Parser, id32_arg
 from proxy_router.cli.context import CliError, Context
@@ -43,7 +43,7 @@ def add_commands(sub: Commands, common: Parser, as_json: Parser) -> None:
     p.set_defaults(handler=earnings)
 
 
-async def _model_names(market: Marketplace, sessions: list[Session]) -> dict[str, str]:
+async def _model_names(market: Market, sessions: list[Session]) -> dict[str, str]:
     names: dict[str, str] = {}
     for model_id in {s.model_id for s in sessions}:
         names[model_id] = (await market.get_model(model_id)).name or "?"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from eth_account import Account
 
-from proxy_router.chain.marketplace import Marketplace
+from proxy_router.chain.markets import Market
 from proxy_router.cli.args import Commands, Parser, address_arg
 from proxy_router.cli.context import EXIT_CONFIG, CliError, Context
 from proxy_router.cli.output import fields, print_json, tx_line
@@ -148,7 +148,7 @@ async def wallet_send(ctx: Context) -> None:
         client = await ctx.client(sign=True)
         tx = await client.send_value(to, amount)
     else:
-        market: Marketplace = await ctx.market(sign=True)
+        market: Market = await ctx.market(sign=True)
         tx = await market.send_mor(to, amount)
     print(f"sent {with_wei(amount, asset)} to {to}")
     print(tx_line(tx))

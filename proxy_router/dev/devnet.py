@@ -276,7 +276,7 @@ class Devnet:
         try:
             market = Marketplace(client, self.state.marketplace_address,
                                  self.state.mor_token_address)
-            await market.register_provider(await market.param("providerMinStake"), endpoint)
+            await market.register_provider(await market.provider_min_stake(), endpoint)
             bid_id, _ = await market.post_bid(self.state.model_id, price)
         finally:
             await client.close()
@@ -297,9 +297,9 @@ class Devnet:
         client = await ChainClient.connect(rpc_url, dev_key(PROVIDER))
         try:
             market = Marketplace(client, dep.marketplace_address, dep.mor_token_address)
-            await market.register_provider(await market.param("providerMinStake"), endpoint)
+            await market.register_provider(await market.provider_min_stake(), endpoint)
             model_id, _ = await market.register_model(
-                keccak(text=MODEL_NAME), b"\x00" * 32, await market.param("modelMinStake"),
+                keccak(text=MODEL_NAME), b"\x00" * 32, await market.model_min_stake(),
                 MODEL_NAME, ["llm", "gguf", "smollm2"])
             bid_id, _ = await market.post_bid(model_id, PRICE_PER_SECOND)
         finally:

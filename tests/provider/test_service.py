@@ -21,6 +21,7 @@ import pytest
 
 from proxy_router.chain.errors import ChainUnavailable
 from proxy_router.chain.events import REORG, MarketEvent
+from proxy_router.chain.marketplace import Marketplace
 from proxy_router.chain.types import Bid, Session
 from proxy_router.dev.mock_openai import MockOpenAIServer
 from proxy_router.metrics import Metrics
@@ -90,6 +91,11 @@ class FakeMarket:
     async def get_session(self, session_id: str) -> Session:
         await self._read("get_session")
         return self.sessions.get(session_id, Session(id=session_id))
+
+    approval_key = Marketplace.approval_key  # the derivation itself, not a fake
+
+    async def approval_used(self, key: str) -> bool:
+        return (await self.get_session(key)).exists
 
     async def mor_balance(self, _: str) -> int:
         await self._read("mor_balance")
