@@ -20,8 +20,13 @@ from aiohttp import web
 from proxy_router.chain.client import ChainClient
 from proxy_router.chain.errors import ChainError, ChainUnavailable
 from proxy_router.chain.index import MarketIndex
-from proxy_router.chain.marketplace import Marketplace
-from proxy_router.config import ConfigurationError, Settings, split_host_port
+from proxy_router.chain.markets import Market, open_market
+from proxy_router.config import (
+    ConfigurationError,
+    Settings,
+    split_host_port,
+    warn_ignored_reference_settings,
+)
 from proxy_router.health import health_response
 from proxy_router.metrics import Metrics
 from proxy_router.netguard import ConnectionLimits, serve_app
@@ -55,7 +60,7 @@ class Router:
     settings: Settings
     store: Store
     client: ChainClient
-    market: Marketplace
+    market: Market
     index: MarketIndex
     http: aiohttp.ClientSession
     metrics: Metrics
@@ -66,15 +71,18 @@ class Router:
 
     @classmethod
     async def create(cls, role: str, settings: Settings) -> Router:
-        if role == "provider" and settings.models_config_path is None:
-            raise ConfigurationError("MODELS_CONFIG_PATH is required for the provider role")
+        warn_ignored_reference_settings(settings)
+        if role == "provider" and settings.models_config_path is None \
+                and settings.models_config_content is None:
+            raise ConfigurationError("MODELS_CONFIG_PATH (or MODELS_CONFIG_CONTENT) is required "
+                                     "for the provider role")
         if role == "consumer" and (problem := settings.consumer_problem()):
             raise ConfigurationError(problem)
         addresses = settings.market_addresses()
         settings.private_key  # noqa: B018 -- unlock a keystore now: fail before any side effect
         store = await Store.open(settings.proxy_storage_path, role)
         client = await connect_chain(settings)
-        market = Marketplace(client, *addresses)
+        market = open_market(client, settings.marketplace_flavor, *addresses)
         index = MarketIndex(market, store,
                             poll_interval=settings.eth_node_polling_interval,
                             confirmations=settings.eth_node_confirmations,
@@ -105,16 +113,16 @@ class Router:
         from proxy_router.provider.llama import EmbeddedLlamaServer
         from proxy_router.provider.models_config import (
             ModelsConfigError,
-            load_models_config,
+            load_configured_models,
             normalize_model_id,
         )
         from proxy_router.provider.service import ProviderService
 
-        assert self.settings.models_config_path is not None
         try:
-            models = load_models_config(self.settings.models_config_path)
+            models = load_configured_models(self.settings.models_config_path,
+                                            self.settings.models_config_content)
         except (ModelsConfigError, OSError) as exc:
-            raise ConfigurationError(f"MODELS_CONFIG_PATH: {exc}") from None
+            raise ConfigurationError(str(exc)) from None
         urls: dict[str, str] = {}
         for model in models.models:
             if model.embedded:
@@ -172,7 +180,8 @@ class Router:
         self.closers.append(pool.close)
         sessions = SessionManager(account=signer.account, market=self.market, index=self.index,
                                   store=self.store, pool=pool, allowlist=self.settings.allowlist,
-                                  idle_timeout_s=self.settings.session_idle_timeout_s)
+                                  idle_timeout_s=self.settings.session_idle_timeout_s,
+                                  direct_payment=self.settings.session_payment == "direct")
         await sessions.load()
         self.tasks.append(asyncio.create_task(
             run_periodically(sessions.sweep, self.settings.session_sweep_interval_s,

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from proxy_router.chain.client import ChainClient
 from proxy_router.chain.errors import ChainError, ChainUnavailable, ContractReverted
-from proxy_router.chain.marketplace import Marketplace
+from proxy_router.chain.markets import Market, open_market
 from proxy_router.chain.types import chain_now
 from proxy_router.config import ConfigurationError, Settings, describe_error
 from proxy_router.consumer.domain_errors import ConsumerError
@@ -120,14 +120,16 @@ class Context:
         self._clients.append(client)
         return client
 
-    async def market(self, *, sign: bool = False) -> Marketplace:
-        """Our Marketplace at ``MARKETPLACE_ADDRESS`` (or the deployment file's)."""
+    async def market(self, *, sign: bool = False) -> Market:
+        """The marketplace of ``MARKETPLACE_FLAVOR`` at ``MARKETPLACE_ADDRESS`` (the
+        diamond, ``DIAMOND_CONTRACT_ADDRESS``, in the Morpheus flavour)."""
         addresses = self.settings.market_addresses()
         if sign:
             self.settings.private_key  # noqa: B018 -- unlock before connecting
-        return Marketplace(await self.client(sign=sign), *addresses)
+        return open_market(await self.client(sign=sign), self.settings.marketplace_flavor,
+                           *addresses)
 
-    async def chain_now(self, market: Marketplace) -> int:
+    async def chain_now(self, market: Market) -> int:
         """The chain's "now": wall-clock seconds, never behind the latest block."""
         _, timestamp = await market.client.head()
         return chain_now(timestamp)

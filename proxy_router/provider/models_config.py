@@ -2,8 +2,26 @@
 
 Each entry maps an on-chain `modelId` to an OpenAI-compatible backend: either an
 `apiUrl` of a server that already runs, or a `gguf` file the provider launches
-itself with llama-cpp-python. Unknown keys are rejected so that a typo in, say,
-`concurrentSlots` cannot silently fall back to the default capacity.
+itself with llama-cpp-python.
+
+Two formats load, told apart by the document itself:
+
+- **Ours** (anything not below) is strict: unknown keys are rejected so that a typo in,
+  say, `concurrentSlots` cannot silently fall back to the default capacity, and an
+  `apiType` other than `openai` is an error.
+- **The reference's** (the Morpheus-Lumerin Go proxy-router's, so that its file loads
+  as it is): a document with a top-level `"$schema"`, or whose entries use a key only
+  the reference has (`capacityPolicy`, `parameters`), or its older form, an object
+  keyed by modelId. It is read as leniently as the reference reads it: an entry this
+  router cannot serve (an `apiType` other than `openai`, such as `claudeai`,
+  `prodia-v2` or `hyperbolic-sd`, or an `openai` URL that is not a chat endpoint:
+  embeddings, audio, images) is skipped with a warning instead of refusing the file;
+  unknown keys, `parameters` and `capacityPolicy: idle_timeout` (we count a session's
+  slot until its end, the reference's `simple`) are warned about and ignored. An entry
+  that is malformed (a bad modelId or URL, no modelName) still fails the file.
+
+`modelId` may come with or without `0x` in both. Warnings name the model, never its
+`apiKey` or `apiUrl` (either may carry a credential).
 """
 
 from __future__ import annotations
@@ -15,10 +33,12 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import structlog
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -27,7 +47,16 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 DEFAULT_CONCURRENT_SLOTS = 8
-_MODEL_ID_RE = re.compile(r"0x[0-9a-f]{64}")
+_MODEL_ID_RE = re.compile(r"(0x)?[0-9a-f]{64}")
+# What the reference's format has that ours does not, and the keys ours knows.
+_REFERENCE_KEYS = frozenset({"capacityPolicy", "parameters"})
+_OUR_KEYS = frozenset({"modelId", "modelName", "apiType", "apiUrl", "apiKey",
+                       "concurrentSlots", "gguf", "llamaArgs"})
+_REFERENCE_API_TYPES = frozenset({"openai", "claudeai", "prodia-sd", "prodia-sdxl",
+                                  "prodia-v2", "hyperbolic-sd"})
+# OpenAI-compatible endpoints that are not chat completions (the reference routes by URL).
+_NOT_CHAT = ("/embeddings", "/audio/speech", "/audio/transcriptions", "/audio/translations",
+             "/images/generations", "/completions")
 _CHAT_SUFFIX = "/chat/completions"
 # The embedded server sets these itself; letting llamaArgs override them would
 # point the provider at a different model or port than it believes it runs.
@@ -99,9 +128,19 @@ class ModelConfig(BaseModel):
     def _check_model_id(cls, value: object) -> str:
         if not isinstance(value, str) or not _MODEL_ID_RE.fullmatch(value.strip().lower()):
             raise PydanticCustomError(
-                "model_id", "must be 0x followed by 64 hex digits (the on-chain model id)"
+                "model_id", "must be 64 hex digits, with or without 0x (the on-chain model id)"
             )
         return normalize_model_id(value)
+
+    @field_validator("api_type", mode="before")
+    @classmethod
+    def _check_api_type(cls, value: object) -> object:
+        if value != "openai":
+            raise PydanticCustomError(
+                "api_type", "must be 'openai' (OpenAI-compatible chat); a reference-format "
+                'file (with "$schema") skips the entries of other apiTypes instead'
+            )
+        return value
 
     @field_validator("api_url")
     @classmethod
@@ -188,6 +227,113 @@ def _format_loc(loc: tuple[int | str, ...], ctx: Mapping[str, Any] | None) -> st
     return out
 
 
+def _issues(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[tuple[str, str]]:
+    return [(_format_loc(prefix + tuple(err["loc"]), err.get("ctx")), err["msg"])
+            for err in exc.errors()]
+
+
+def _log() -> Any:
+    # Looked up per use, so that a logging set-up made after import (or a test's
+    # capture) applies; these warnings are rare.
+    return structlog.get_logger(__name__)
+
+
+def _is_legacy_map(doc: Mapping[str, Any]) -> bool:
+    """The reference's first format: ``{"0x<modelId>": {...}, ...}``, no ``models``."""
+    return bool(doc) and "models" not in doc and all(
+        isinstance(k, str) and _MODEL_ID_RE.fullmatch(k.strip().lower())
+        and isinstance(v, Mapping) for k, v in doc.items())
+
+
+def is_reference_format(doc: Mapping[str, Any]) -> bool:
+    """True for the Go proxy-router's format (see the module docstring for the rule)."""
+    if "$schema" in doc or _is_legacy_map(doc):
+        return True
+    models = doc.get("models")
+    return isinstance(models, list) and any(
+        isinstance(m, Mapping) and not _REFERENCE_KEYS.isdisjoint(m) for m in models)
+
+
+def _skip_reason(entry: Mapping[str, Any]) -> str | None:
+    """Why this router cannot serve a reference entry, or None when it can."""
+    api_type = entry.get("apiType", "openai")
+    if api_type != "openai":
+        known = "" if api_type in _REFERENCE_API_TYPES else "unknown "
+        return f"{known}apiType {api_type!r}: this router serves OpenAI-compatible chat only"
+    url = entry.get("apiUrl")
+    if isinstance(url, str):
+        path = urlsplit(url.strip()).path.rstrip("/")
+        if not path.endswith("/chat/completions") and path.endswith(_NOT_CHAT):
+            return "apiUrl is not a chat completions endpoint (embeddings, audio, images...)"
+    return None
+
+
+def _from_reference_entry(entry: Mapping[str, Any], label: str) -> dict[str, Any]:
+    """Our form of one reference entry; what we ignore is warned about, by name only."""
+    out = {k: v for k, v in entry.items() if k in _OUR_KEYS}
+    name = entry.get("modelName")
+    ignored = sorted(k for k in entry if k not in _OUR_KEYS | _REFERENCE_KEYS)
+    if entry.get("parameters"):
+        ignored.append("parameters")
+    policy = entry.get("capacityPolicy", "simple")
+    if policy != "simple":
+        _log().warning("models_config_capacity_policy", entry=label, model=name,
+                       capacity_policy=str(policy), used="simple",
+                       why="a session holds its slot until it ends or closes")
+    if out.get("concurrentSlots") == 0:
+        # The reference reads 0 as "no limit"; we always bound a backend.
+        ignored.append("concurrentSlots")
+        del out["concurrentSlots"]
+    if ignored:
+        _log().warning("models_config_keys_ignored", entry=label, model=name, keys=ignored)
+    return out
+
+
+def _parse_reference(doc: Mapping[str, Any], source: str,
+                     base_dir: Path | None) -> ModelsConfig:
+    if _is_legacy_map(doc):
+        entries: list[tuple[str, tuple[int | str, ...], Any]] = [
+            (key, (key,), dict(value, modelId=key)) for key, value in doc.items()]
+    else:
+        models = doc.get("models")
+        if not isinstance(models, list):
+            raise ModelsConfigError(source, [("models", "must be a list of models")])
+        entries = [(f"models[{i}]", ("models", i), m) for i, m in enumerate(models)]
+        unknown = sorted(k for k in doc if k not in ("$schema", "models"))
+        if unknown:
+            _log().warning("models_config_keys_ignored", entry="(top level)", keys=unknown)
+    served: list[ModelConfig] = []
+    issues: list[tuple[str, str]] = []
+    seen: dict[str, str] = {}
+    for label, loc, entry in entries:
+        if not isinstance(entry, Mapping):
+            issues.append((label, "must be an object"))
+            continue
+        reason = _skip_reason(entry)
+        if reason is not None:
+            _log().warning("models_config_model_skipped", entry=label,
+                           model=entry.get("modelName"), model_id=str(entry.get("modelId")),
+                           api_type=str(entry.get("apiType", "openai")), why=reason)
+            continue
+        try:
+            model = ModelConfig.model_validate(_from_reference_entry(entry, label),
+                                               context={"base_dir": base_dir})
+        except ValidationError as exc:
+            issues.extend(_issues(exc, loc))
+            continue
+        if model.model_id in seen:
+            issues.append((f"{label}.modelId", f"duplicate modelId {model.model_id} "
+                                               f"(also {seen[model.model_id]})"))
+            continue
+        seen[model.model_id] = label
+        served.append(model)
+    if issues:
+        raise ModelsConfigError(source, issues)
+    if not served:
+        _log().warning("models_config_nothing_served", source=source)
+    return ModelsConfig(models=served)
+
+
 def parse_models_config(
     data: str | bytes | Mapping[str, Any],
     *,
@@ -204,11 +350,12 @@ def parse_models_config(
             ) from None
     if not isinstance(data, Mapping):
         raise ModelsConfigError(source, [("", 'expected an object like {"models": [...]}')])
+    if is_reference_format(data):
+        return _parse_reference(data, source, base_dir)
     try:
         return ModelsConfig.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        issues = [(_format_loc(err["loc"], err.get("ctx")), err["msg"]) for err in exc.errors()]
-        raise ModelsConfigError(source, issues) from None
+        raise ModelsConfigError(source, _issues(exc)) from None
 
 
 def load_models_config(path: str | Path) -> ModelsConfig:
@@ -219,3 +366,16 @@ def load_models_config(path: str | Path) -> ModelsConfig:
     except OSError as exc:
         raise ModelsConfigError(str(path), [("", f"cannot read file: {exc.strerror}")]) from None
     return parse_models_config(text, source=str(path), base_dir=path.parent)
+
+
+def load_configured_models(path: Path | None, content: SecretStr | str | None) -> ModelsConfig:
+    """The provider's models: MODELS_CONFIG_PATH's file if it exists, else
+    MODELS_CONFIG_CONTENT (the file wins, as in the reference). Unlike the reference,
+    the content is never written to the path: it is read at each start instead."""
+    if content is not None and (path is None or not Path(path).is_file()):
+        text = content.get_secret_value() if isinstance(content, SecretStr) else content
+        return parse_models_config(text, source="MODELS_CONFIG_CONTENT")
+    if path is None:
+        raise ModelsConfigError("models config", [("", "set MODELS_CONFIG_PATH or "
+                                                        "MODELS_CONFIG_CONTENT")])
+    return load_models_config(path)

@@ -81,5 +81,5 @@ def test_the_env_file_is_read_and_must_exist(tmp_path: Path):
 def test_provider_without_models_config_is_a_configuration_error(tmp_path: Path):
     out = run_cli(tmp_path, "--role", "provider", env=GOOD)
     assert out.returncode == 2
-    assert "MODELS_CONFIG_PATH is required" in out.stderr
+    assert "MODELS_CONFIG_PATH (or MODELS_CONFIG_CONTENT) is required" in out.stderr
     assert "Traceback" not in out.stderr
