@@ -171,12 +171,15 @@ class Router:
         from proxy_router.consumer.access import AccessPolicy
         from proxy_router.consumer.api import ConsumerApi
         from proxy_router.consumer.chat import ChatService
+        from proxy_router.consumer.links import ProviderPool
         from proxy_router.consumer.sessions import SessionManager
         from proxy_router.morrpc import RpcPool, Signer
 
         signer = Signer.from_key(self.settings.private_key)
-        pool = RpcPool(signer, connect_timeout=self.settings.mor_rpc_connect_timeout_s,
-                       first_frame_timeout=self.settings.first_token_timeout_s)
+        pool = ProviderPool(
+            RpcPool(signer, connect_timeout=self.settings.mor_rpc_connect_timeout_s,
+                    first_frame_timeout=self.settings.first_token_timeout_s),
+            self.client.chain_id, wire=self.settings.provider_wire)
         self.closers.append(pool.close)
         sessions = SessionManager(account=signer.account, market=self.market, index=self.index,
                                   store=self.store, pool=pool, allowlist=self.settings.allowlist,

@@ -36,12 +36,12 @@ from proxy_router.consumer.domain_errors import (
     OpenSessionReverted,
     SessionClosed,
 )
+from proxy_router.consumer.links import LinkPool
 from proxy_router.consumer.rating import RatedBid, rate_bids
 from proxy_router.consumer.settlement import Settler
 from proxy_router.morrpc import (
     ErrorCode,
     RpcError,
-    RpcPool,
     RpcUnavailable,
     SessionKey,
 )
@@ -114,7 +114,7 @@ class SessionManager:
     or ``RpcUnavailable``, or a ``ChainError``: what the client sees is the API's call."""
 
     def __init__(self, *, account: LocalAccount, market: Market, index: MarketIndex,
-                 store: Store, pool: RpcPool, allowlist: set[str] | None = None,
+                 store: Store, pool: LinkPool, allowlist: set[str] | None = None,
                  idle_timeout_s: int = 0, direct_payment: bool = True) -> None:
         self.account = account
         self.direct_payment = direct_payment
@@ -283,7 +283,7 @@ class SessionManager:
         endpoint = self._endpoint(provider)
         client = self.pool.get(endpoint, provider)
         key = SessionKey.generate()
-        reply = await client.call("session.request", {"bidId": bid_id,
+        reply = await client.call("session.request", {"bidId": bid_id, "spend": str(stake),
                                                       "key": key.public_key_hex})
         approval, signature = self._check_approval(reply, bid_id, provider)
         try:

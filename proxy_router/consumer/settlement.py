@@ -26,7 +26,8 @@ from proxy_router.chain.encoding import Receipt, recover_blob_signer, sign_blob
 from proxy_router.chain.markets import Market
 from proxy_router.chain.types import Session, chain_now, same_address
 from proxy_router.consumer.domain_errors import NotSessionUser, SessionClosed, SessionNotFound
-from proxy_router.morrpc import ErrorCode, RpcError, RpcPool, RpcUnavailable
+from proxy_router.consumer.links import LinkPool
+from proxy_router.morrpc import ErrorCode, RpcError, RpcUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -66,7 +67,7 @@ class Settlement:
 class Settler:
     """Closes the sessions of ``account`` (their user) on ``market``."""
 
-    def __init__(self, market: Market, pool: RpcPool, account: LocalAccount, *,
+    def __init__(self, market: Market, pool: LinkPool, account: LocalAccount, *,
                  clock: Callable[[], int] = chain_now,
                  endpoint_of: EndpointOf | None = None) -> None:
         self.market = market
