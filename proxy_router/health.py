@@ -21,10 +21,18 @@ class HealthComponent(BaseModel):
     error: str | None = None
 
 
+class Marketplace(BaseModel):
+    flavor: Literal["native", "morpheus"] = Field(
+        description="ours, or a Morpheus-Lumerin diamond (MARKETPLACE_FLAVOR)")
+    address: str
+    chainId: int
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     failing: list[str] = Field(description="names of the components that are not ok")
     version: str
+    marketplace: Marketplace
     uptime: int = Field(description="seconds since the router started")
     components: dict[str, HealthComponent]
 
@@ -38,8 +46,10 @@ def health_response(index: MarketIndex, started: float,
         **(extra or {}),
     }
     failing = sorted(name for name, c in components.items() if not c.get("ok"))
+    market = Marketplace(flavor=index.market.flavor, address=index.market.address,
+                         chainId=index.client.chain_id)
     body = Health(status="ok" if not failing else "degraded", failing=failing,
-                  version=__version__, uptime=round(time.time() - started),
+                  version=__version__, marketplace=market, uptime=round(time.time() - started),
                   components={k: HealthComponent.model_validate(v)
                               for k, v in components.items()})
     return web.json_response(body.model_dump(mode="json", exclude_unset=True),

@@ -20,6 +20,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from proxy_router.chain.flavor import to_bytes32
+from proxy_router.chain.morpheus import MorpheusMarketplace
 from proxy_router.consumer.access import ROUTE_ACCESS, Access, AccessPolicy
 from proxy_router.consumer.chat import ChatService, Reply
 from proxy_router.consumer.domain_errors import ProviderUnavailable
@@ -42,6 +43,7 @@ from proxy_router.consumer.schemas import (
     RatedBid,
     Settlement,
     Usage,
+    Withdrawal,
     parse_body,
 )
 from proxy_router.consumer.sessions import SessionManager, public_row
@@ -109,6 +111,9 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/blockchain/sessions/{session}/close", "close_session",
           "Settle a session on chain: the provider is paid, the rest refunded", WALLET,
           "sessions", returns=Settlement, errors=(400, 403, 404, 409, *CHAIN)),
+    Route("POST", "/blockchain/stakes/withdraw", "withdraw_held",
+          "Morpheus: take back the stakes held since an early close, once released",
+          WALLET, "wallet", returns=Withdrawal, errors=(409, *CHAIN)),
 )
 
 
@@ -282,9 +287,28 @@ class ConsumerApi:
 
     async def balance(self, request: web.Request) -> web.Response:
         address = self.sessions.account.address
+        available = held = 0
+        if isinstance(self.market, MorpheusMarketplace):
+            available, held = await self.market.held_stakes(address)
         return json_response(Balance, {"address": address,
                                        "eth": await self.market.eth_balance(address),
-                                       "mor": await self.market.mor_balance(address)})
+                                       "mor": await self.market.mor_balance(address),
+                                       "flavor": self.market.flavor, "morHeld": held,
+                                       "morWithdrawable": available})
+
+    async def withdraw_held(self, request: web.Request) -> web.Response:
+        if not isinstance(self.market, MorpheusMarketplace):
+            raise ApiError(409, "nothing_held", "this marketplace refunds at close and holds "
+                           "no stake")
+        address = self.sessions.account.address
+        available, _ = await self.market.held_stakes(address)
+        if not available:
+            raise ApiError(409, "nothing_released", "no held stake is released yet (holds "
+                           "end at the UTC midnight after the early close)")
+        tx = await self.market.withdraw_held()
+        _, still = await self.market.held_stakes(address)
+        return json_response(Withdrawal, {"tx": tx.tx_hash, "amount": available,
+                                          "stillHeld": still})
 
     async def providers(self, request: web.Request) -> web.Response:
         rows = [p.to_json() for p in self.index.providers.values() if not p.is_deleted]

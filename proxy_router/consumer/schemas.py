@@ -144,6 +144,20 @@ class Balance(BaseModel):
     address: Address
     eth: Wei
     mor: Wei
+    flavor: Literal["native", "morpheus"] = Field(
+        "native", description="the marketplace traded on: ours, or a Morpheus-Lumerin diamond")
+    morHeld: Wei = Field("0", description="Morpheus: stake held until the next UTC midnight "
+                         "after an early close")
+    morWithdrawable: Wei = Field("0", description="Morpheus: held stake released now "
+                                 "(POST /blockchain/stakes/withdraw)")
+
+
+class Withdrawal(BaseModel):
+    """Held stakes taken back (Morpheus ``withdrawUserStakes``)."""
+
+    tx: str
+    amount: Wei
+    stillHeld: Wei
 
 
 class Provider(BaseModel):
@@ -226,8 +240,10 @@ class OnChainSession(BaseModel):
 
 
 class Settlement(BaseModel):
-    """A session closed on chain: stake == providerEarned + userRefund; ``held`` is the
-    part of providerEarned kept in the contract for a dispute window."""
+    """A session closed on chain: stake == providerEarned + userRefund (+ held). ``held``
+    is what neither side received yet: on our marketplace the disputed part of
+    providerEarned, on a Morpheus diamond the user's stake held until the next UTC
+    midnight (userRefund is then what came back at once)."""
 
     sessionId: Id32
     tx: str = Field(description="closeSession transaction hash")

@@ -31,6 +31,8 @@ SETTLEMENT = {"sessionId": SESSION_ID, "tx": "0x" + "01" * 32, "gasUsed": 120_00
 
 class FakeIndex:
     def __init__(self) -> None:
+        self.market = FakeMarket()
+        self.client = SimpleNamespace(chain_id=31337)
         self.models: dict[str, Model] = {}
         self.bids: dict[str, Bid] = {}
         self.providers: dict[str, Provider] = {}
@@ -51,6 +53,9 @@ class FakeIndex:
 
 
 class FakeMarket:
+    flavor = "native"
+    address = "0x" + "12" * 20
+
     async def eth_balance(self, address: str) -> int:
         return 10**18
 

@@ -187,6 +187,26 @@ async function loadBalance() {
   address.dataset.address = wallet.address;
   setAmount($("wallet-eth"), wallet.eth, { maxFraction: 4, unit: "ETH" });
   setAmount($("wallet-mor"), wallet.mor, { maxFraction: 6 });
+  const morpheus = wallet.flavor === "morpheus";
+  $("wallet-flavor").textContent = morpheus ? "Morpheus-Lumerin" : "proxy-router";
+  const held = BigInt(wallet.morHeld || "0") + BigInt(wallet.morWithdrawable || "0");
+  $("wallet-held-row").hidden = !morpheus || held === 0n;
+  setAmount($("wallet-held"), held.toString(), { maxFraction: 6 });
+  $("withdraw-held").hidden = !morpheus || BigInt(wallet.morWithdrawable || "0") === 0n;
+}
+
+async function withdrawHeld() {
+  const button = $("withdraw-held");
+  button.disabled = true;
+  try {
+    const done = await postJson("/blockchain/stakes/withdraw", {});
+    say(`Withdrew ${done.amount} wei of held stake.`);
+    await loadBalance();
+  } catch (err) {
+    reportError(err, "Withdrawing the held stake");
+  } finally {
+    button.disabled = false;
+  }
 }
 
 async function loadMarket() {
@@ -755,6 +775,7 @@ function start() {
   $("chat-stop").addEventListener("click", () => state.chat.controller?.abort());
   $("chat-clear").addEventListener("click", () => { resetChat(); $("prompt").focus(); });
   $("close-session").addEventListener("click", closeActive);
+  $("withdraw-held").addEventListener("click", withdrawHeld);
   $("duration").addEventListener("input", () => { renderModels(); renderBids(); });
   $("error-dismiss").addEventListener("click", () => clearError());
   $("token-form").addEventListener("submit", (event) => {
