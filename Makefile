@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup browser demo test lint bench up down status compile
+.PHONY: setup browser demo test test-morpheus lint bench up down status compile
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -58,6 +58,18 @@ test: setup browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy proxy_router
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+# The Morpheus flavour against the reference's OWN contracts, compiled from a checkout of
+# MorpheusAIs/Morpheus-Lumerin-Node (MORPHEUS_SRC, and MORPHEUS_LIB_SRC for its library;
+# see ../shared/morpheus-ref/README.md) and deployed on anvil by ../shared/morpheus-ref.
+# `make test` runs the same tests against our double of the diamond.
+test-morpheus: setup
+	@if [ -z "$$MORPHEUS_SRC" ]; then \
+	  echo "make test-morpheus: NOT RUN: MORPHEUS_SRC is not set (a checkout of"; \
+	  echo "  MorpheusAIs/Morpheus-Lumerin-Node; see ../shared/morpheus-ref/README.md)"; \
+	  exit 2; fi
+	$(VENV)/bin/pytest -q -p no:cacheprovider -rs tests/morpheus \
+	  tests/integration/test_morpheus_chat.py -k reference
 
 bench: setup
 	$(PY) bench/gas.py

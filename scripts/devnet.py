@@ -20,6 +20,11 @@ def main() -> int:
     p.add_argument("command", choices=["up", "status", "down", "demo"])
     p.add_argument("--dir", type=Path, default=DEFAULT_ROOT,
                    help=f"state folder (default: {DEFAULT_ROOT})")
+    p.add_argument("--flavor", choices=["native", "morpheus"], default="native",
+                   help="the marketplace: ours (default) or a Morpheus-Lumerin diamond")
+    p.add_argument("--diamond", choices=["double", "reference"], default="double",
+                   help="with --flavor morpheus: our double of the diamond (default) or the "
+                   "reference's own contracts (needs MORPHEUS_SRC, see ../shared/morpheus-ref)")
     args = p.parse_args()
     root = args.dir.resolve()
     net = Devnet(root)
@@ -27,7 +32,7 @@ def main() -> int:
         if (root / "state.json").exists():
             print(f"a devnet is already recorded in {root}; run `down` first", file=sys.stderr)
             return 1
-        state = net.up()
+        state = net.up(flavor=args.flavor, diamond=args.diamond)
         print(json.dumps({"consumer_url": state.consumer_url, "model": state.model_name,
                           "state": str(root / "state.json"),
                           "api_token_file": str(state.api_token_path())},

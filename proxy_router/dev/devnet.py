@@ -20,14 +20,19 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from eth_utils import keccak
 
 from proxy_router.chain.client import ChainClient
 from proxy_router.chain.deploy import deploy_all
 from proxy_router.chain.marketplace import Marketplace
+from proxy_router.chain.markets import open_market
+from proxy_router.chain.morpheus import MorpheusMarketplace
 from proxy_router.consumer.access import token_path
 from proxy_router.dev.anvil import ANVIL_CHAIN_ID, anvil_binary, dev_address, dev_key, rpc
+from proxy_router.dev.morpheus_net import Kind
+from proxy_router.dev.morpheus_net import deploy as deploy_morpheus
 from proxy_router.dev.smollm2 import smollm2_gguf_path
 from proxy_router.ports import free_port, port_open
 from proxy_router.process import ManagedProcess, is_alive, spawn, stop_process_group, wait_until
@@ -37,9 +42,12 @@ DEPLOYER, PROVIDER, USER, FEE_RECIPIENT = 0, 1, 2, 9
 MODEL_NAME = "SmolLM2-135M-Instruct"
 PRICE_PER_SECOND = 10**14  # 0.0001 MOR/s
 ROUTER_ENV_KEYS = ("ETH_NODE_ADDRESS", "ETH_NODE_CHAIN_ID", "ETH_NODE_START_BLOCK",
-                   "WALLET_PRIVATE_KEY",
+                   "WALLET_PRIVATE_KEY", "KEYSTORE_PATH", "NETWORK", "DEPLOYMENT_FILE",
                    "MARKETPLACE_ADDRESS", "MOR_TOKEN_ADDRESS", "PROXY_ADDRESS", "WEB_ADDRESS",
-                   "MODELS_CONFIG_PATH", "PROXY_STORAGE_PATH")
+                   "MARKETPLACE_FLAVOR", "DIAMOND_CONTRACT_ADDRESS", "SESSION_PAYMENT",
+                   "PROVIDER_WIRE", "MODELS_CONFIG_PATH", "MODELS_CONFIG_CONTENT",
+                   "PROXY_STORAGE_PATH")
+Flavor = Literal["native", "morpheus"]
 
 
 @dataclass
@@ -62,6 +70,12 @@ class DevnetState:
     pids: dict[str, int] = field(default_factory=dict)
     deploy_block: int = 0
     """The block the contracts were deployed in: where routers' market indexes start."""
+    flavor: str = "native"
+    """``morpheus``: the marketplace is a Morpheus-Lumerin diamond (``diamond`` says which)."""
+    diamond: str = ""
+    """``double`` (ours) or ``reference`` (the reference's own contracts), or ""."""
+    funding_account: str = ""
+    """Morpheus: the account whose MOR pays stake-mode sessions."""
 
     def save(self) -> None:
         path = Path(self.root) / "state.json"
@@ -109,6 +123,8 @@ class Devnet:
         self._common_env: dict[str, str] = {}
         self.state: DevnetState | None = None
         self._started = time.monotonic()
+        self.flavor: Flavor = "native"
+        self.diamond: Kind = "double"
 
     def _say(self, message: str) -> None:
         self.progress(f"[{time.monotonic() - self._started:6.1f}s] {message}")
@@ -138,10 +154,14 @@ class Devnet:
 
     def up(self, *, backend_url: str | None = None, concurrent_slots: int = 4,
            extra_router_env: dict[str, str] | None = None,
-           anvil_state: bool = False) -> DevnetState:
+           anvil_state: bool = False, flavor: Flavor = "native",
+           diamond: Kind = "double") -> DevnetState:
         """Start the stack; with ``backend_url`` the provider uses that server instead
-        of starting llama.cpp (tests pass a mock backend there)."""
+        of starting llama.cpp (tests pass a mock backend there). ``flavor="morpheus"``
+        trades on a Morpheus-Lumerin diamond: our double, or the reference's own
+        contracts (``diamond="reference"``, needs ``MORPHEUS_SRC``)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self.flavor, self.diamond = flavor, diamond
         try:
             return self._up(backend_url, concurrent_slots, extra_router_env or {}, anvil_state)
         except BaseException:
@@ -170,8 +190,13 @@ class Devnet:
 
         provider_port = free_port()
         endpoint = f"127.0.0.1:{provider_port}"
-        self._say("deploying MorToken + Marketplace, registering provider, model and bid")
-        chain = asyncio.run(self._onboard(rpc_url, endpoint))
+        if self.flavor == "morpheus":
+            self._say(f"deploying the Morpheus diamond ({self.diamond}), registering provider, "
+                      "model and bid")
+            chain = asyncio.run(self._onboard_morpheus(rpc_url, endpoint))
+        else:
+            self._say("deploying MorToken + Marketplace, registering provider, model and bid")
+            chain = asyncio.run(self._onboard(rpc_url, endpoint))
 
         if "llama" in self.pids:
             self.wait_until("llama.cpp", lambda: _http_ok(backend_url + "/models"), 180, "llama")
@@ -181,9 +206,11 @@ class Devnet:
         models_config.write_text(json.dumps({"models": [{
             "modelId": chain["model_id"], "modelName": MODEL_NAME, "apiType": "openai",
             "apiUrl": backend_url, "concurrentSlots": slots}]}, indent=2) + "\n")
+        market_env = {"MARKETPLACE_FLAVOR": "morpheus",
+                      "DIAMOND_CONTRACT_ADDRESS": chain["marketplace"]} \
+            if self.flavor == "morpheus" else {"MARKETPLACE_ADDRESS": chain["marketplace"]}
         common = {"ETH_NODE_ADDRESS": rpc_url, "ETH_NODE_CHAIN_ID": str(ANVIL_CHAIN_ID),
-                  "ETH_NODE_START_BLOCK": chain["deploy_block"],
-                  "MARKETPLACE_ADDRESS": chain["marketplace"],
+                  "ETH_NODE_START_BLOCK": chain["deploy_block"], **market_env,
                   "MOR_TOKEN_ADDRESS": chain["token"], "ETH_NODE_POLLING_INTERVAL": "0.5",
                   "LOG_FORMAT": "json", **extra_env}
         self._common_env = common
@@ -212,7 +239,9 @@ class Devnet:
             provider_endpoint=endpoint, backend_url=backend_url, model_id=chain["model_id"],
             model_name=MODEL_NAME, bid_id=chain["bid_id"], user_address=dev_address(USER),
             provider_address=dev_address(PROVIDER), root=str(self.root), pids=dict(self.pids),
-            deploy_block=int(chain["deploy_block"]))
+            deploy_block=int(chain["deploy_block"]), flavor=self.flavor,
+            diamond=self.diamond if self.flavor == "morpheus" else "",
+            funding_account=chain.get("funding_account", ""))
         state.save()
         self.state = state
         self._say("devnet is up")
@@ -274,7 +303,8 @@ class Devnet:
         assert self.state is not None
         client = await ChainClient.connect(self.state.rpc_url, dev_key(account))
         try:
-            market = Marketplace(client, self.state.marketplace_address,
+            market = open_market(client, "morpheus" if self.state.flavor == "morpheus"
+                                 else "native", self.state.marketplace_address,
                                  self.state.mor_token_address)
             await market.register_provider(await market.provider_min_stake(), endpoint)
             bid_id, _ = await market.post_bid(self.state.model_id, price)
@@ -306,6 +336,22 @@ class Devnet:
             await client.close()
         return {"marketplace": dep.marketplace_address, "token": dep.mor_token_address,
                 "model_id": model_id, "bid_id": bid_id, "deploy_block": str(dep.block_number)}
+
+    async def _onboard_morpheus(self, rpc_url: str, endpoint: str) -> dict[str, str]:
+        net = await deploy_morpheus(self.diamond, rpc_url)
+        client = await ChainClient.connect(rpc_url, dev_key(PROVIDER))
+        try:
+            market = MorpheusMarketplace(client, net.diamond, net.mor)
+            await market.register_provider(await market.provider_min_stake(), endpoint)
+            model_id, _ = await market.register_model(
+                keccak(text=MODEL_NAME), b"\x00" * 32, await market.model_min_stake(),
+                MODEL_NAME, ["llm", "gguf", "smollm2"])
+            bid_id, _ = await market.post_bid(model_id, PRICE_PER_SECOND)
+        finally:
+            await client.close()
+        return {"marketplace": net.diamond, "token": net.mor, "model_id": model_id,
+                "bid_id": bid_id, "deploy_block": str(net.deploy_block),
+                "funding_account": net.funding_account}
 
     # -- down ---------------------------------------------------------------------
 

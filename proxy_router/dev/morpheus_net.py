@@ -10,16 +10,18 @@ nothing but our own artifacts: CI has no reference checkout. Both leave dev acco
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from proxy_router.chain.client import ChainClient
-from proxy_router.dev.anvil import Anvil, dev_address, dev_key
+from proxy_router.dev.anvil import dev_address, dev_key
 
 Kind = Literal["double", "reference"]
 REF_DIR_ENV = "MORPHEUS_REF_DIR"
@@ -56,8 +58,8 @@ def reference_available() -> str | None:
     return None
 
 
-def deploy_reference(anvil: Anvil, python: str = "python3") -> MorpheusNet:
-    """Compile (cached) and deploy the reference's diamond on ``anvil``."""
+def deploy_reference(rpc_url: str, python: str = "python3") -> MorpheusNet:
+    """Compile (cached) and deploy the reference's diamond on the anvil at ``rpc_url``."""
     problem = reference_available()
     if problem:
         raise ReferenceUnavailable(problem)
@@ -68,33 +70,34 @@ def deploy_reference(anvil: Anvil, python: str = "python3") -> MorpheusNet:
         if done.returncode:
             raise ReferenceUnavailable(f"{cmd[-1]} failed: {done.stderr.strip()[-2000:]}")
     out = Path(tempfile.mkdtemp(prefix="morpheus-ref-")) / "deployment.json"
-    done = subprocess.run([python, str(scripts / "deploy.py"), "--rpc", anvil.rpc_url,
+    done = subprocess.run([python, str(scripts / "deploy.py"), "--rpc", rpc_url,
                            "--out", str(out)], env=env, capture_output=True, text=True,
                           timeout=300)
     if done.returncode:
         raise ReferenceUnavailable(f"deploy.py failed: {done.stderr.strip()[-2000:]}")
     data = json.loads(out.read_text())
-    return MorpheusNet("reference", anvil.rpc_url, int(data["chain_id"]), data["diamond"],
+    return MorpheusNet("reference", rpc_url, int(data["chain_id"]), data["diamond"],
                        data["mor"], data["funding_account"]["address"],
                        int(data["deploy_block"]))
 
 
-async def deploy_double(anvil: Anvil) -> MorpheusNet:
+async def deploy_double(rpc_url: str) -> MorpheusNet:
     """Our double of the diamond, with the reference's base-mainnet settings."""
     from proxy_router.dev.morpheus_double import deploy_morpheus_double
 
-    client = await ChainClient.connect(anvil.rpc_url, dev_key(0))
+    client = await ChainClient.connect(rpc_url, dev_key(0))
     try:
         dep = await deploy_morpheus_double(client, fund=[dev_address(i) for i in FUNDED],
                                            fund_amount=DEV_MOR)
     finally:
         await client.close()
-    return MorpheusNet("double", anvil.rpc_url, dep.chain_id, dep.diamond, dep.mor,
+    return MorpheusNet("double", rpc_url, dep.chain_id, dep.diamond, dep.mor,
                        dep.funding_account, dep.deploy_block)
 
 
-async def deploy(kind: Kind, anvil: Anvil) -> MorpheusNet:
+async def deploy(kind: Kind, rpc_url: str) -> MorpheusNet:
+    """A diamond of ``kind`` on the anvil at ``rpc_url`` (the reference's scripts run with
+    this interpreter, which has web3)."""
     if kind == "reference":
-        import sys
-        return deploy_reference(anvil, sys.executable)
-    return await deploy_double(anvil)
+        return await asyncio.to_thread(deploy_reference, rpc_url, sys.executable)
+    return await deploy_double(rpc_url)

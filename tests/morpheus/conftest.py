@@ -35,7 +35,7 @@ def morpheus_anvil(morpheus_kind: str) -> Iterator[Anvil]:
 
 @pytest.fixture(scope="session")
 async def morpheus_net(morpheus_kind: str, morpheus_anvil: Anvil) -> MorpheusNet:
-    return await deploy(morpheus_kind, morpheus_anvil)  # type: ignore[arg-type]
+    return await deploy(morpheus_kind, morpheus_anvil.rpc_url)  # type: ignore[arg-type]
 
 
 @dataclass
