@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import structlog
 from aiohttp import web
@@ -86,8 +87,8 @@ class _FirstByte(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are no ``asyncio.Transport`` subclass, but have its methods
+        self.transport = cast(asyncio.Transport, transport)
         self.timer = asyncio.get_running_loop().call_later(
             self.raw.limits.header_timeout_s, transport.abort)
 

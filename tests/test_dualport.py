@@ -82,3 +82,27 @@ async def test_raw_connections_are_capped_per_remote(port: int) -> None:
     finally:
         for writer in held:
             writer.close()
+
+
+def test_both_wires_work_under_uvloop() -> None:
+    """The routers run on uvloop, whose transports are no ``asyncio.Transport``."""
+    import uvloop
+
+    async def both() -> tuple[bytes, str]:
+        app = web.Application()
+
+        async def hello(_: web.Request) -> web.Response:
+            return web.Response(text="http")
+
+        app.router.add_get("/", hello)
+        runner, bound = await serve_app(app, "127.0.0.1", 0, LIMITS, raw=echo_json)
+        try:
+            raw = await raw_exchange(bound, b'{"x":1}')
+            async with aiohttp.ClientSession() as http, \
+                    http.get(f"http://127.0.0.1:{bound}/") as r:
+                return raw, await r.text()
+        finally:
+            await runner.cleanup()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(both()) == (b'raw:{"x":1}', "http")
