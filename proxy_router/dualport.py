@@ -90,7 +90,7 @@ class _FirstByte(asyncio.Protocol):
         # uvloop's transports are no ``asyncio.Transport`` subclass, but have its methods
         self.transport = cast(asyncio.Transport, transport)
         self.timer = asyncio.get_running_loop().call_later(
-            self.raw.limits.header_timeout_s, transport.abort)
+            self.raw.limits.header_timeout_s, self.transport.abort)
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
