@@ -10,6 +10,7 @@ Where each fact is measured, never per streamed chunk:
 
 - HTTP requests (both roles): ``middleware``, by method, route *template* and status.
 - MOR-RPC requests (provider): ``RpcServer`` calls ``rpc_done``/``rpc_rejected``.
+- Reference-wire requests (provider): ``provider.lumerin_wire``, once per request.
 - Time to first token and tokens, once per answer: the consumer's ``ChatService``
   (the client's view, session opening included; tokens from the provider's signed
   usage trailer) and the provider's ``session.prompt`` (the backend's view).
@@ -67,6 +68,11 @@ class Metrics:
             "proxy_router_rpc_request_duration_seconds",
             "MOR-RPC request duration until the final frame (a stream's whole length)",
             ["method"], buckets=DURATION_BUCKETS, registry=r)
+        self.reference_requests = Counter(
+            "proxy_router_reference_rpc_requests_total",
+            "Requests served over the reference's raw-TCP MOR-RPC wire (provider), by method "
+            "and result code (OK, PEER_GONE or the error code)",
+            ["method", "code"], registry=r)
         self.rpc_rejected = Counter(
             "proxy_router_rpc_frames_rejected_total",
             "MOR-RPC frames refused before any handler ran (bad signature, stale, replayed...)",

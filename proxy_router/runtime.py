@@ -27,6 +27,7 @@ from proxy_router.config import (
     split_host_port,
     warn_ignored_reference_settings,
 )
+from proxy_router.dualport import RawHandler
 from proxy_router.health import health_response
 from proxy_router.metrics import Metrics
 from proxy_router.netguard import ConnectionLimits, serve_app
@@ -100,10 +101,12 @@ class Router:
         else:
             await self._start_consumer()
 
-    async def _serve(self, app: web.Application, address: str) -> int:
+    async def _serve(self, app: web.Application, address: str, *,
+                     raw: RawHandler | None = None) -> int:
+        """Serve ``app`` (and, with ``raw``, the reference's wire on the same port)."""
         host, port = split_host_port(address)
         runner, bound = await serve_app(app, host, port,
-                                        ConnectionLimits.from_settings(self.settings))
+                                        ConnectionLimits.from_settings(self.settings), raw=raw)
         self.runners.append(runner)
         return bound
 
@@ -111,6 +114,7 @@ class Router:
         from proxy_router.morrpc import ReplayGuard, RpcServer, Signer
         from proxy_router.provider.backend import BackendTimeouts
         from proxy_router.provider.llama import EmbeddedLlamaServer
+        from proxy_router.provider.lumerin_wire import LumerinWire
         from proxy_router.provider.models_config import (
             ModelsConfigError,
             load_configured_models,
@@ -148,6 +152,10 @@ class Router:
         mor_rpc = RpcServer(signer, observer=self.metrics, replay_guard=guard,
                             credit_timeout=self.settings.stream_stall_timeout_s)
         service.register(mor_rpc)
+        # Go proxy-routers and MorpheusUI speak the reference's raw TCP to the same port.
+        wire = LumerinWire(service, signer, replay_guard=guard, metrics=self.metrics,
+                           request_timeout_s=self.settings.http_body_timeout_s,
+                           write_timeout_s=self.settings.stream_stall_timeout_s)
         self.metrics.watch(index=self.index, active_sessions=lambda: service.open_sessions,
                            rpc_connections=lambda: mor_rpc.open_connections)
         self.tasks.append(asyncio.create_task(
@@ -163,7 +171,7 @@ class Router:
 
         app.router.add_get("/healthcheck", healthcheck)
         app.router.add_get("/metrics", self.metrics.handler)
-        self.bound_port = await self._serve(app, self.settings.proxy_address)
+        self.bound_port = await self._serve(app, self.settings.proxy_address, raw=wire.handle)
         log.info("provider_listening", address=self.settings.proxy_address,
                  provider=signer.address, models=[m.model_name for m in models.models])
 

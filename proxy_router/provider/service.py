@@ -5,6 +5,11 @@ DESIGN.md §3 and streams the backend's chunks (encrypted by the transport),
 ``session.report`` signs the receipt the user settles with,
 ``provider.capabilities`` describes this provider.
 
+Each of the three has a wire-free core (``approve``, ``prompt``, ``report``: bid id or
+session id, the authenticated user's address, a decoded body) that both wires call:
+our ``mor-rpc/1`` handlers here, and the reference's raw-TCP wire (``lumerin_wire``),
+so every check, slot and meter is the same whichever wire a consumer speaks.
+
 An approval must cost its asker something real before it costs us anything: it is
 signed only for a requester holding the MOR for the bid's shortest session and ETH
 for the gas, while this requester's unused approvals are under the cap, a slot is
@@ -17,7 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
@@ -63,6 +69,21 @@ OPEN_SESSION_GAS = 250_000
 _GAS_PRICE_TTL_S = 30.0
 _T = TypeVar("_T")
 
+PromptItem = list[bytes] | dict[str, Any]
+"""What ``ProviderService.prompt`` yields: a stream's raw event payloads (the JSON of each
+``chat.completion.chunk`` one backend read brought), or a whole ``chat.completion``."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignedApproval:
+    """An approval ``openSession`` takes (timestamp in seconds) and our EIP-191 signature."""
+
+    approval: bytes
+    signature: bytes
+    bid_id: str
+    model_id: str
+    price_per_second: int
+
 
 def _param(params: dict[str, Any], name: str) -> str:
     value = params.get(name)
@@ -88,16 +109,21 @@ def _check_format(params: dict[str, Any]) -> None:
 
 
 def _chat_body(ctx: RequestContext) -> dict[str, Any]:
-    """The sealed prompt, opened: an OpenAI chat request with a ``messages`` list."""
+    """The sealed prompt, opened (``prompt`` checks it is a chat request)."""
     try:
         body = bounded_json.loads(ctx.open_payload(), max_bytes=MAX_FRAME_BYTES)
     except RpcError:
         raise
     except ValueError:
         raise RpcError(ErrorCode.BAD_REQUEST, "payload is not a JSON object") from None
+    if not isinstance(body, dict):
+        raise RpcError(ErrorCode.BAD_REQUEST, "payload is not a JSON object")
+    return body
+
+
+def _check_chat(body: Any) -> None:
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         raise RpcError(ErrorCode.BAD_REQUEST, "payload must be a chat request with messages")
-    return body
 
 
 class ProviderService:
@@ -189,10 +215,19 @@ class ProviderService:
 
     async def session_request(self, params: dict[str, Any], ctx: RequestContext
                               ) -> dict[str, Any]:
-        if not self.request_rate.allow(ctx.remote or "?"):
+        grant = await self.approve(_bytes32(params, "bidId"), ctx.sender, remote=ctx.remote)
+        return {"approval": "0x" + grant.approval.hex(),
+                "approvalSig": "0x" + grant.signature.hex(),
+                "bidId": grant.bid_id, "modelId": grant.model_id,
+                "pricePerSecond": str(grant.price_per_second),
+                "promptsPerSession": self.capacity.prompts_per_session}
+
+    async def approve(self, bid_id: str, user: str, *, remote: str | None) -> SignedApproval:
+        """An approval for ``user`` (authenticated by the caller) on ``bid_id`` (lower-case
+        0x 32-byte id), after every check; ``remote`` (the peer's IP) is rate limited."""
+        if not self.request_rate.allow(remote or "?"):
             raise RpcError(ErrorCode.RATE_LIMITED, "too many session requests from this address")
-        bid_id = _bytes32(params, "bidId")
-        user = to_checksum_address(ctx.sender)
+        user = to_checksum_address(user)
         if self._is_ours(user):
             raise RpcError(ErrorCode.BAD_REQUEST, "a provider cannot open a session on itself")
         await self._forget_opened_approvals(user)
@@ -205,10 +240,7 @@ class ProviderService:
         self._check_approval_cap(user)  # again: other requests of this user ran meanwhile
         approval, signature = self._sign_approval(user, bid_id)
         log.info("approval_signed", bid=bid_id, user=user)
-        return {"approval": "0x" + approval.hex(), "approvalSig": "0x" + signature.hex(),
-                "bidId": bid_id, "modelId": model_id,
-                "pricePerSecond": str(bid.price_per_second),
-                "promptsPerSession": self.capacity.prompts_per_session}
+        return SignedApproval(approval, signature, bid_id, model_id, bid.price_per_second)
 
     async def _check_bid(self, bid: Bid) -> str:
         """The bid is active, ours, for a model served here with a free slot and a backend
@@ -281,15 +313,32 @@ class ProviderService:
 
     async def session_prompt(self, params: dict[str, Any], ctx: RequestContext
                              ) -> AsyncIterator[bytes | dict[str, Any]]:
+        """Our wire: the body sealed to us, the answer as ready-to-write SSE chunks (or the
+        one reply), the usage in the signed trailer."""
         session_id = _bytes32(params, "sessionId")
         _check_format(params)
-        session = await self._check_session(session_id, ctx.sender)
+        ctx.use_peer_key(_param(params, "key"))
+        body = _chat_body(ctx)
+        async with contextlib.aclosing(self.prompt(session_id, ctx.sender, body,
+                                                   trailer=ctx.trailer)) as items:
+            async for item in items:
+                yield _sse(item) if isinstance(item, list) else item
+
+    async def prompt(self, session_id: str, user: str, body: dict[str, Any], *,
+                     trailer: dict[str, Any] | None = None
+                     ) -> AsyncGenerator[PromptItem, None]:
+        """The prompt core: ``user`` (authenticated by the caller) asks ``body`` (an OpenAI
+        chat request; ``stream`` absent means streamed) on ``session_id``.
+
+        Session checks, then a capacity slot, then the backend's answer item by item,
+        then the usage into the metrics and the store, and into ``trailer["usage"]``.
+        """
+        _check_chat(body)
+        session = await self._check_session(session_id, user)
         model_id = normalize_model_id(session.model_id)
         backend = self.backends.get(model_id)
         if backend is None:
             raise RpcError(ErrorCode.MODEL_NOT_SERVED, f"model {model_id} is not served here")
-        ctx.use_peer_key(_param(params, "key"))
-        body = _chat_body(ctx)
         meter = UsageMeter(prompt_tokens_estimate=estimate_prompt_tokens(body))
         try:
             async with self.capacity.prompt_slot(model_id, session_id):
@@ -300,22 +349,30 @@ class ProviderService:
         except SessionBusy as exc:
             raise RpcError(ErrorCode.SESSION_BUSY, str(exc),
                            {"promptsPerSession": exc.limit}) from None
-        await self._record_usage(session_id, backend, body, meter, ctx)
+        usage = await self._record_usage(session_id, backend, body, meter)
+        if trailer is not None:
+            trailer["usage"] = usage
 
     async def _record_usage(self, session_id: str, backend: OpenAIBackend,
-                            body: dict[str, Any], meter: UsageMeter,
-                            ctx: RequestContext) -> None:
-        """The prompt's figures: into the signed trailer, the metrics and the store (the
-        receipt of ``session.report`` sums them)."""
-        usage = meter.result()
-        ctx.trailer["usage"] = {"prompt_tokens": usage.prompt_tokens,
-                                "completion_tokens": usage.completion_tokens,
-                                "ttft_ms": usage.ttft_ms, "tps_x1000": usage.tps_x1000}
-        self.metrics.observe_answer(backend.model_name, usage=ctx.trailer["usage"],
-                                    ttft_s=usage.ttft_ms / 1000 if body.get("stream", True)
+                            body: dict[str, Any], meter: UsageMeter) -> dict[str, int]:
+        """The prompt's figures: into the metrics and the store (the receipt of
+        ``session.report`` sums them); returned for our wire's signed trailer."""
+        result = meter.result()
+        usage = {"prompt_tokens": result.prompt_tokens,
+                 "completion_tokens": result.completion_tokens,
+                 "ttft_ms": result.ttft_ms, "tps_x1000": result.tps_x1000}
+        self.metrics.observe_answer(backend.model_name, usage=usage,
+                                    ttft_s=result.ttft_ms / 1000 if body.get("stream", True)
                                     else None)
-        await self.store.record_usage(session_id, usage.prompt_tokens, usage.completion_tokens,
-                                      usage.ttft_ms, usage.tps_x1000)
+        await self.store.record_usage(session_id, result.prompt_tokens,
+                                      result.completion_tokens, result.ttft_ms,
+                                      result.tps_x1000)
+        return usage
+
+    async def session_of(self, session_id: str) -> Session:
+        """The session as the checks read it (``SESSION_NOT_FOUND`` if it never opened): a
+        wire whose requests do not name their user learns it here."""
+        return await self._known_session(session_id, cache=True)
 
     async def _known_session(self, session_id: str, *, cache: bool) -> Session:
         """The session from our cache or the chain; ``SESSION_NOT_FOUND`` if it never opened.
@@ -357,15 +414,20 @@ class ProviderService:
 
     async def session_report(self, params: dict[str, Any], ctx: RequestContext
                              ) -> dict[str, Any]:
-        session_id = _bytes32(params, "sessionId")
+        receipt, signature, usage = await self.report(_bytes32(params, "sessionId"),
+                                                      ctx.sender)
+        return {"receipt": "0x" + receipt.hex(), "signature": "0x" + signature.hex(),
+                "usage": usage}
+
+    async def report(self, session_id: str, user: str) -> tuple[bytes, bytes, dict[str, int]]:
+        """The signed receipt of ``session_id`` for its ``user`` (authenticated by the
+        caller): the receipt, our signature and the usage it sums."""
         session = await self._known_session(session_id, cache=False)
         if not self._is_ours(session.provider):
             raise RpcError(ErrorCode.WRONG_PROVIDER, "session is with another provider")
-        if not same_address(session.user, ctx.sender):
+        if not same_address(session.user, user):
             raise RpcError(ErrorCode.NOT_SESSION_USER, "session belongs to another user")
-        receipt, signature, usage = await self._signed_receipt(session_id)
-        return {"receipt": "0x" + receipt.hex(), "signature": "0x" + signature.hex(),
-                "usage": usage}
+        return await self._signed_receipt(session_id)
 
     async def _signed_receipt(self, session_id: str) -> tuple[bytes, bytes, dict[str, int]]:
         """The receipt for ``closeSession``: this session's measured usage, signed."""
@@ -470,11 +532,12 @@ class ProviderService:
                            "the provider cannot reach its chain right now; retry later") from None
 
     async def _generate(self, model_id: str, backend: OpenAIBackend, body: dict[str, Any],
-                        meter: UsageMeter) -> AsyncIterator[bytes | dict[str, Any]]:
-        """``_generate`` with backend failures as RPC errors that name no URL or path."""
+                        meter: UsageMeter) -> AsyncGenerator[PromptItem, None]:
+        """``_answer`` with backend failures as RPC errors that name no URL or path."""
         try:
-            async for item in _generate(backend, body, meter):
-                yield item
+            async with contextlib.aclosing(_answer(backend, body, meter)) as items:
+                async for item in items:
+                    yield item
         except BackendUnavailable as exc:
             self.health.mark_down(model_id)
             log.warning("backend_unavailable", model=backend.model_name, reason=exc.reason)
@@ -493,22 +556,31 @@ class ProviderService:
         self.health.mark_up(model_id)
 
 
-async def _generate(backend: OpenAIBackend, body: dict[str, Any], meter: UsageMeter
-                    ) -> AsyncIterator[bytes | dict[str, Any]]:
-    """Backend chunks (or one whole reply), measured.
-
-    A stream is forwarded without a JSON round trip: each chunk is ready-to-write SSE
-    bytes holding every event one backend read brought (``data: {…}`` and a blank line
-    each). A non-stream reply is one JSON chunk.
-    """
+async def _answer(backend: OpenAIBackend, body: dict[str, Any], meter: UsageMeter
+                  ) -> AsyncGenerator[PromptItem, None]:
+    """The backend's answer, measured: a stream as each read's raw event payloads
+    (forwarded without a JSON round trip), a non-stream reply as its one JSON object."""
     if body.get("stream", True):
         async with contextlib.aclosing(backend.stream_events(body, meter)) as batches:
             async for batch in batches:
-                yield b"data: " + b"\n\ndata: ".join(batch) + b"\n\n"
+                yield batch
     else:
         response = await backend.complete_chat(body)
         meter.observe_response(response)
         yield response
+
+
+def _sse(batch: list[bytes]) -> bytes:
+    """Ready-to-write SSE bytes of one batch: ``data: {…}`` and a blank line per event."""
+    return b"data: " + b"\n\ndata: ".join(batch) + b"\n\n"
+
+
+async def _generate(backend: OpenAIBackend, body: dict[str, Any], meter: UsageMeter
+                    ) -> AsyncIterator[bytes | dict[str, Any]]:
+    """Our wire's chunks: each stream batch as SSE bytes, a non-stream reply as one JSON."""
+    async with contextlib.aclosing(_answer(backend, body, meter)) as items:
+        async for item in items:
+            yield _sse(item) if isinstance(item, list) else item
 
 
 def _integers_only(value: Any) -> Any:
