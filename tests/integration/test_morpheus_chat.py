@@ -156,3 +156,16 @@ async def test_health_and_balance_name_the_flavour(
     status, balance = await request("GET", f"{state.consumer_base}/blockchain/balance",
                                     headers=state.auth())
     assert status == 200 and balance["flavor"] == "morpheus"
+
+
+async def test_two_of_ours_upgrade_to_mor_rpc_on_their_own(
+        morpheus_devnet: tuple[Devnet, DevnetState]) -> None:
+    """``PROVIDER_WIRE=auto`` (the default): our consumer's WebSocket upgrade succeeds at
+    our provider's port, so the prompt never touches the reference's wire."""
+    net, state = morpheus_devnet
+    before = await reference_prompts(state)
+    base = net.add_consumer(4, {"PROVIDER_WIRE": "auto"})
+    assert (await chat_once(base)).strip()
+    assert await reference_prompts(state) == before
+    log = (Path(state.root) / "consumer4.log").read_text()
+    assert "provider_speaks_reference_wire" not in log
