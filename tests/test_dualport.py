@@ -23,15 +23,18 @@ async def echo_json(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     await writer.drain()
 
 
-@pytest.fixture
-async def port() -> AsyncIterator[int]:
-    app = web.Application()
-
+def hello_app() -> web.Application:
     async def hello(_: web.Request) -> web.Response:
         return web.Response(text="http")
 
+    app = web.Application()
     app.router.add_get("/", hello)
-    runner, bound = await serve_app(app, "127.0.0.1", 0, LIMITS, raw=echo_json)
+    return app
+
+
+@pytest.fixture
+async def port() -> AsyncIterator[int]:
+    runner, bound = await serve_app(hello_app(), "127.0.0.1", 0, LIMITS, raw=echo_json)
     try:
         yield bound
     finally:
@@ -89,13 +92,7 @@ def test_both_wires_work_under_uvloop() -> None:
     import uvloop
 
     async def both() -> tuple[bytes, str]:
-        app = web.Application()
-
-        async def hello(_: web.Request) -> web.Response:
-            return web.Response(text="http")
-
-        app.router.add_get("/", hello)
-        runner, bound = await serve_app(app, "127.0.0.1", 0, LIMITS, raw=echo_json)
+        runner, bound = await serve_app(hello_app(), "127.0.0.1", 0, LIMITS, raw=echo_json)
         try:
             raw = await raw_exchange(bound, b'{"x":1}')
             async with aiohttp.ClientSession() as http, \

@@ -19,7 +19,14 @@ from proxy_router.chain.artifacts import event_topics
 from proxy_router.chain.client import ChainClient, TxResult
 from proxy_router.chain.encoding import jsonable
 from proxy_router.chain.events import MarketEvent
-from proxy_router.chain.types import MarketRecord, Session, normalize_address, normalize_id
+from proxy_router.chain.types import (
+    Bid,
+    MarketRecord,
+    Model,
+    Session,
+    normalize_address,
+    normalize_id,
+)
 
 Block = int | str
 Flavor = Literal["native", "morpheus"]
@@ -112,17 +119,17 @@ class MarketplaceBase:
     async def param(self, name: str) -> int:
         return int(await self.client.call(self.contract, name))
 
-    PARAMS: ClassVar[dict[str, str]] = {}
-    """Our names of the contract's parameters → its getters."""
+    GETTERS: ClassVar[dict[str, str]] = {}
+    """Our names of the contract's parameters and paged views → its functions."""
 
     async def provider_min_stake(self) -> int:
-        return await self.param(self.PARAMS["provider_min_stake"])
+        return await self.param(self.GETTERS["provider_min_stake"])
 
     async def model_min_stake(self) -> int:
-        return await self.param(self.PARAMS["model_min_stake"])
+        return await self.param(self.GETTERS["model_min_stake"])
 
     async def bid_fee(self) -> int:
-        return await self.param(self.PARAMS["bid_fee"])
+        return await self.param(self.GETTERS["bid_fee"])
 
     async def _view(self, fn: str, *args: Any, block: Block) -> dict[str, Any]:
         value = jsonable(await self.client.call(self.contract, fn, *args, block=block))
@@ -149,6 +156,44 @@ class MarketplaceBase:
 
     async def _all_ids(self, fn: str, *args: Any, block: Block = "latest") -> list[str]:
         return [normalize_id(bytes(i)) for i in await self._all(fn, *args, block=block)]
+
+    async def get_model(self, model_id: str | bytes, *, block: Block = "latest") -> Model:
+        raise NotImplementedError
+
+    async def get_bid(self, bid_id: str | bytes, *, block: Block = "latest") -> Bid:
+        raise NotImplementedError
+
+    async def get_session(self, session_id: str | bytes, *,
+                          block: Block = "latest") -> Session:
+        raise NotImplementedError
+
+    async def model_ids(self) -> list[str]:
+        """Models on the market (not deregistered)."""
+        return await self._all_ids(self.GETTERS["model_ids"])
+
+    async def active_models(self) -> list[Model]:
+        return [await self.get_model(i) for i in await self.model_ids()]
+
+    async def active_bids(self, model_id: str | bytes) -> list[Bid]:
+        ids = await self._all_ids(self.GETTERS["bids_of_model"], to_bytes32(model_id))
+        return [await self.get_bid(i) for i in ids]
+
+    async def active_bid_ids_of(self, provider: str) -> list[str]:
+        return await self._all_ids(self.GETTERS["bids_of_provider"],
+                                   normalize_address(provider))
+
+    async def sessions_of(self, account: str, *, as_provider: bool = False) -> list[Session]:
+        """A user's (or a provider's) sessions, oldest first."""
+        view = self.GETTERS["provider_sessions" if as_provider else "user_sessions"]
+        return [await self.get_session(i)
+                for i in await self._all_ids(view, normalize_address(account))]
+
+    async def sessions_of_user(self, user: str, offset: int, limit: int
+                               ) -> tuple[list[str], int]:
+        """One page of the user's session ids (newest last) and their total count."""
+        ids, total = await self._page(self.GETTERS["user_sessions"], normalize_address(user),
+                                      offset=offset, limit=limit)
+        return [normalize_id(bytes(i)) for i in ids], total
 
     # -- events ------------------------------------------------------------------------
 

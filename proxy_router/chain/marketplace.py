@@ -30,10 +30,11 @@ class Marketplace(MarketplaceBase):
 
     flavor: Flavor = "native"
     artifact = "Marketplace"
-    PARAMS: ClassVar[dict[str, str]] = {
-        "provider_min_stake": "providerMinStake",
-        "model_min_stake": "modelMinStake",
-        "bid_fee": "bidFee"}
+    GETTERS: ClassVar[dict[str, str]] = {
+        "provider_min_stake": "providerMinStake", "model_min_stake": "modelMinStake",
+        "bid_fee": "bidFee", "model_ids": "getModelIds",  # registered, not deregistered
+        "bids_of_model": "getActiveBidsByModel", "bids_of_provider": "getActiveBidsByProvider",
+        "user_sessions": "getSessionsByUser", "provider_sessions": "getSessionsByProvider"}
 
     # -- writes ---------------------------------------------------------------
 
@@ -116,32 +117,3 @@ class Marketplace(MarketplaceBase):
         raw = await self._view("getProviderModelStats", normalize_address(provider),
                                to_bytes32(model_id), block="latest")
         return ProviderModelStats.from_json(raw)
-
-    # -- paged lists (the contract's ``(ids, total)`` views) ---------------------------------
-
-    async def model_ids(self) -> list[str]:
-        """Registered (not deregistered) models."""
-        return await self._all_ids("getModelIds")
-
-    async def active_models(self) -> list[Model]:
-        return [await self.get_model(i) for i in await self.model_ids()]
-
-    async def active_bids(self, model_id: str | bytes) -> list[Bid]:
-        ids = await self._all_ids("getActiveBidsByModel", to_bytes32(model_id))
-        return [await self.get_bid(i) for i in ids]
-
-    async def active_bid_ids_of(self, provider: str) -> list[str]:
-        return await self._all_ids("getActiveBidsByProvider", normalize_address(provider))
-
-    async def sessions_of(self, account: str, *, as_provider: bool = False) -> list[Session]:
-        """A user's (or a provider's) sessions, oldest first."""
-        fn = "getSessionsByProvider" if as_provider else "getSessionsByUser"
-        ids = await self._all_ids(fn, normalize_address(account))
-        return [await self.get_session(i) for i in ids]
-
-    async def sessions_of_user(self, user: str, offset: int, limit: int
-                               ) -> tuple[list[str], int]:
-        """One page of the user's session ids (newest last) and their total count."""
-        ids, total = await self._page("getSessionsByUser", normalize_address(user),
-                                      offset=offset, limit=limit)
-        return [normalize_id(bytes(i)) for i in ids], total

@@ -77,10 +77,12 @@ def start_of_day(timestamp: int) -> int:
 class MorpheusMarketplace(MarketplaceBase):
     flavor: Flavor = "morpheus"
     artifact = "IMorpheusDiamond"
-    PARAMS: ClassVar[dict[str, str]] = {
+    GETTERS: ClassVar[dict[str, str]] = {
         "provider_min_stake": "getProviderMinimumStake",
-        "model_min_stake": "getModelMinimumStake",
-        "bid_fee": "getBidFee"}
+        "model_min_stake": "getModelMinimumStake", "bid_fee": "getBidFee",
+        "model_ids": "getActiveModelIds", "bids_of_model": "getModelActiveBids",
+        "bids_of_provider": "getProviderActiveBids", "user_sessions": "getUserSessions",
+        "provider_sessions": "getProviderSessions"}
 
     def __init__(self, client: Any, marketplace_address: str, mor_token_address: str) -> None:
         super().__init__(client, marketplace_address, mor_token_address)
@@ -255,31 +257,6 @@ class MorpheusMarketplace(MarketplaceBase):
             ttft_ms_sum=int(raw["ttftMs"]["mean"]) * n)
 
     # -- paged lists ------------------------------------------------------------
-
-    async def model_ids(self) -> list[str]:
-        """Active (not deregistered) models."""
-        return await self._all_ids("getActiveModelIds")
-
-    async def active_models(self) -> list[Model]:
-        return [await self.get_model(i) for i in await self.model_ids()]
-
-    async def active_bids(self, model_id: str | bytes) -> list[Bid]:
-        ids = await self._all_ids("getModelActiveBids", to_bytes32(model_id))
-        return [await self.get_bid(i) for i in ids]
-
-    async def active_bid_ids_of(self, provider: str) -> list[str]:
-        return await self._all_ids("getProviderActiveBids", normalize_address(provider))
-
-    async def sessions_of(self, account: str, *, as_provider: bool = False) -> list[Session]:
-        fn = "getProviderSessions" if as_provider else "getUserSessions"
-        ids = await self._all_ids(fn, normalize_address(account))
-        return [await self.get_session(i) for i in ids]
-
-    async def sessions_of_user(self, user: str, offset: int, limit: int
-                               ) -> tuple[list[str], int]:
-        ids, total = await self._page("getUserSessions", normalize_address(user),
-                                      offset=offset, limit=limit)
-        return [normalize_id(bytes(i)) for i in ids], total
 
     async def _newest_ids(self, fn: str, account: str, block: int) -> list[str]:
         _, total = await self._page(fn, account, offset=0, limit=0, block=block)

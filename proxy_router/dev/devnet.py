@@ -26,9 +26,7 @@ from eth_utils import keccak
 
 from proxy_router.chain.client import ChainClient
 from proxy_router.chain.deploy import deploy_all
-from proxy_router.chain.marketplace import Marketplace
 from proxy_router.chain.markets import open_market
-from proxy_router.chain.morpheus import MorpheusMarketplace
 from proxy_router.consumer.access import token_path
 from proxy_router.dev.anvil import ANVIL_CHAIN_ID, anvil_binary, dev_address, dev_key, rpc
 from proxy_router.dev.morpheus_net import Kind
@@ -190,13 +188,10 @@ class Devnet:
 
         provider_port = free_port()
         endpoint = f"127.0.0.1:{provider_port}"
-        if self.flavor == "morpheus":
-            self._say(f"deploying the Morpheus diamond ({self.diamond}), registering provider, "
-                      "model and bid")
-            chain = asyncio.run(self._onboard_morpheus(rpc_url, endpoint))
-        else:
-            self._say("deploying MorToken + Marketplace, registering provider, model and bid")
-            chain = asyncio.run(self._onboard(rpc_url, endpoint))
+        what = f"the Morpheus diamond ({self.diamond})" if self.flavor == "morpheus" \
+            else "MorToken + Marketplace"
+        self._say(f"deploying {what}, registering provider, model and bid")
+        chain = asyncio.run(self._onboard(rpc_url, endpoint))
 
         if "llama" in self.pids:
             self.wait_until("llama.cpp", lambda: _http_ok(backend_url + "/models"), 180, "llama")
@@ -318,40 +313,32 @@ class Devnet:
         path.chmod(0o600)
 
     async def _onboard(self, rpc_url: str, endpoint: str) -> dict[str, str]:
-        deployer = await ChainClient.connect(rpc_url, dev_key(DEPLOYER))
-        try:
-            dep = await deploy_all(deployer, fee_recipient=dev_address(FEE_RECIPIENT),
-                                   fund=[dev_address(i) for i in range(1, 9)])
-        finally:
-            await deployer.close()
+        """Deploy the marketplace of ``self.flavor``, then list the model on it."""
+        if self.flavor == "morpheus":
+            net = await deploy_morpheus(self.diamond, rpc_url)
+            chain = {"marketplace": net.diamond, "token": net.mor,
+                     "deploy_block": str(net.deploy_block),
+                     "funding_account": net.funding_account}
+        else:
+            deployer = await ChainClient.connect(rpc_url, dev_key(DEPLOYER))
+            try:
+                dep = await deploy_all(deployer, fee_recipient=dev_address(FEE_RECIPIENT),
+                                       fund=[dev_address(i) for i in range(1, 9)])
+            finally:
+                await deployer.close()
+            chain = {"marketplace": dep.marketplace_address, "token": dep.mor_token_address,
+                     "deploy_block": str(dep.block_number)}
         client = await ChainClient.connect(rpc_url, dev_key(PROVIDER))
         try:
-            market = Marketplace(client, dep.marketplace_address, dep.mor_token_address)
+            market = open_market(client, self.flavor, chain["marketplace"], chain["token"])
             await market.register_provider(await market.provider_min_stake(), endpoint)
-            model_id, _ = await market.register_model(
+            chain["model_id"], _ = await market.register_model(
                 keccak(text=MODEL_NAME), b"\x00" * 32, await market.model_min_stake(),
                 MODEL_NAME, ["llm", "gguf", "smollm2"])
-            bid_id, _ = await market.post_bid(model_id, PRICE_PER_SECOND)
+            chain["bid_id"], _ = await market.post_bid(chain["model_id"], PRICE_PER_SECOND)
         finally:
             await client.close()
-        return {"marketplace": dep.marketplace_address, "token": dep.mor_token_address,
-                "model_id": model_id, "bid_id": bid_id, "deploy_block": str(dep.block_number)}
-
-    async def _onboard_morpheus(self, rpc_url: str, endpoint: str) -> dict[str, str]:
-        net = await deploy_morpheus(self.diamond, rpc_url)
-        client = await ChainClient.connect(rpc_url, dev_key(PROVIDER))
-        try:
-            market = MorpheusMarketplace(client, net.diamond, net.mor)
-            await market.register_provider(await market.provider_min_stake(), endpoint)
-            model_id, _ = await market.register_model(
-                keccak(text=MODEL_NAME), b"\x00" * 32, await market.model_min_stake(),
-                MODEL_NAME, ["llm", "gguf", "smollm2"])
-            bid_id, _ = await market.post_bid(model_id, PRICE_PER_SECOND)
-        finally:
-            await client.close()
-        return {"marketplace": net.diamond, "token": net.mor, "model_id": model_id,
-                "bid_id": bid_id, "deploy_block": str(net.deploy_block),
-                "funding_account": net.funding_account}
+        return chain
 
     # -- down ---------------------------------------------------------------------
 
