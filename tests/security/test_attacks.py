@@ -192,7 +192,8 @@ async def test_a_flood_of_throwaway_keys_gets_no_approval_holds_no_slot_and_keep
     codes = {r.code if isinstance(r, RpcError) else repr(r) for r in results}
     assert codes == {ErrorCode.INSUFFICIENT_FUNDS}, codes
     after = await capabilities(state)
-    assert after["unusedApprovals"] == before["unusedApprovals"], "refusals leave no state"
+    # <=: an earlier test's approval may expire (or be used) meanwhile; none is added
+    assert after["unusedApprovals"] <= before["unusedApprovals"], "refusals leave no state"
     assert after["models"][0]["capacity"]["sessions"] <= before["models"][0]["capacity"][
         "sessions"], "no slot is held by a refused request"
     # ...and a paying user still gets a session and an answer
