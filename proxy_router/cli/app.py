@@ -25,14 +25,17 @@ from proxy_router.logs import configure_logging
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 COMMANDS_EPILOG = """\
-operator commands (each has --help):
+operator commands (each has --help), for the marketplace of MARKETPLACE_FLAVOR:
+native (our Marketplace) or morpheus (the Morpheus-Lumerin diamond):
   deploy                               MorToken + Marketplace on a local or test chain
+                                       (native only)
   provider register|update|deregister|show
   model register|deregister|list
   bid post|delete|list
   session list|close                   the wallet's sessions as a user
   earnings [--claim]                   the wallet's sessions as a provider
   wallet new|import|address|balance|send|allowance
+  wallet withdraw-held                 morpheus only: stakes held until UTC midnight
 """
 
 

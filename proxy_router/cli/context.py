@@ -20,10 +20,10 @@ from eth_account import Account
 from eth_utils import is_address, to_checksum_address
 from pydantic import ValidationError
 
-from proxy_router.chain.client import ChainClient
+from proxy_router.chain.client import ChainClient, TxResult
 from proxy_router.chain.errors import ChainError, ChainUnavailable, ContractReverted
 from proxy_router.chain.markets import Market, open_market
-from proxy_router.chain.types import chain_now
+from proxy_router.chain.types import chain_now, same_address
 from proxy_router.config import ConfigurationError, Settings, describe_error
 from proxy_router.consumer.domain_errors import ConsumerError
 from proxy_router.keystore import KeystoreError, keystore_address
@@ -35,6 +35,10 @@ EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
 
 RPC_TIMEOUT_S = 10.0
+
+FLAVORS = {"native": "native (our Marketplace)",
+           "morpheus": "morpheus (the Morpheus-Lumerin diamond)"}
+"""``MARKETPLACE_FLAVOR`` as the commands print it."""
 
 
 class CliError(Exception):
@@ -91,6 +95,13 @@ def own_address(settings: Settings) -> str:
         if declared is not None and is_address(declared):
             return str(to_checksum_address(declared))
     return str(Account.from_key(settings.private_key).address)
+
+
+def mor_received(tx: TxResult, account: str) -> int:
+    """MOR that ``tx`` moved to ``account``: its token ``Transfer``s, which both flavours
+    emit (the diamond has no ``ProviderClaimed`` or refund event of ours)."""
+    return sum(int(args["value"]) for name, args in tx.events
+               if name == "Transfer" and same_address(args["to"], account))
 
 
 @dataclass

@@ -21,9 +21,11 @@ MAINNETS = {n.name: n.chain_id for n in NETWORKS.values()
 def add_commands(sub: Commands, common: Parser) -> None:
     p = sub.add_parser(
         "deploy", parents=[common], help="deploy MorToken + Marketplace (local or test chain)",
-        description="Deploy MorToken and Marketplace from the configured wallet, send MOR to "
-                    "--fund accounts, and write the deployment file the routers read "
-                    "(DEPLOYMENT_FILE). Refused on a mainnet unless --yes-mainnet.")
+        description="Deploy MorToken and Marketplace (the native flavour) from the "
+                    "configured wallet, send MOR to --fund accounts, and write the deployment "
+                    "file the routers read (DEPLOYMENT_FILE). Refused on a mainnet unless "
+                    "--yes-mainnet, and in the morpheus flavour (the diamond is deployed by "
+                    "its own project).")
     p.add_argument("--fee-recipient", type=address_arg, default=None, metavar="ADDR",
                    help="address that receives bid fees (default: the deployer)")
     p.add_argument("--fund", type=address_arg, nargs="+", action="extend", default=[],
@@ -44,6 +46,10 @@ async def deploy_command(ctx: Context) -> None:
     if network in MAINNETS and not args.yes_mainnet:
         raise CliError(f"NETWORK is {network}, a mainnet: add --yes-mainnet to deploy there",
                        EXIT_CONFIG)
+    if ctx.settings.marketplace_flavor != "native":
+        raise CliError("deploy deploys our Marketplace (the native flavour), but "
+                       "MARKETPLACE_FLAVOR is morpheus: the diamond is deployed by its own "
+                       "project; set MARKETPLACE_FLAVOR=native to deploy ours", EXIT_CONFIG)
     path: Path = (args.deployment_file or ctx.settings.deployment_file
                   or DEFAULT_DEPLOYMENT_FILE)
     client = await ctx.client(sign=True)

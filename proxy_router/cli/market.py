@@ -2,20 +2,25 @@
 
 The functions under "shared" do the work and print the result; the commands and
 ``scripts/register_provider.py``, ``register_model.py`` and ``post_bid.py`` call them.
+Both flavours (``MARKETPLACE_FLAVOR``) take the same commands; where the Morpheus
+diamond differs (no counts in its records, a model fee, part of a provider's stake kept
+for its pay period) the output says so.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from eth_utils import keccak
 
 from proxy_router.chain.client import TxResult
 from proxy_router.chain.flavor import to_bytes32
 from proxy_router.chain.markets import Market
+from proxy_router.chain.morpheus import MorpheusMarketplace
 from proxy_router.chain.types import Bid, Model, Provider, same_address
 from proxy_router.cli.args import HEX32, Commands, Parser, address_arg, endpoint_arg, id32_arg
-from proxy_router.cli.context import CliError, Context
+from proxy_router.cli.context import EXIT_CONFIG, FLAVORS, CliError, Context, mor_received
 from proxy_router.cli.output import fields, print_json, table, tx_line, when
 from proxy_router.cli.units import fmt_mor, mor_arg, wei_arg, with_wei
 
@@ -26,14 +31,17 @@ def add_commands(sub: Commands, common: Parser, as_json: Parser) -> None:
     # provider
     group = sub.add_parser("provider", parents=[common], help="register this wallet as a provider",
                            description="The wallet as a provider: its MOR-RPC endpoint and "
-                                       "stake on the Marketplace.")
+                                       "stake on the marketplace of MARKETPLACE_FLAVOR (native: "
+                                       "our Marketplace; morpheus: the Morpheus-Lumerin "
+                                       "diamond).")
     actions = group.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = actions.add_parser("register", parents=[common], help="register with a stake",
                            description="Register the wallet as a provider.")
     p.add_argument("--endpoint", type=endpoint_arg, required=True, metavar="HOST:PORT",
                    help="where consumers reach this provider's MOR-RPC listener")
     p.add_argument("--stake", type=mor_arg, default=None, metavar="MOR",
-                   help="MOR to stake (default: the contract's providerMinStake)")
+                   help="MOR to stake (default: the contract's minimum, providerMinStake "
+                        "or getProviderMinimumStake)")
     p.set_defaults(handler=provider_register)
     p = actions.add_parser("update", parents=[common], help="change the endpoint, add stake",
                            description="Update a registered provider's endpoint and/or add "
@@ -45,17 +53,20 @@ def add_commands(sub: Commands, common: Parser, as_json: Parser) -> None:
     p.set_defaults(handler=provider_update)
     p = actions.add_parser("deregister", parents=[common], help="leave; the stake comes back",
                            description="Deregister the provider and get its stake back "
-                                       "(delete its bids first).")
+                                       "(delete its bids first). The Morpheus diamond keeps "
+                                       "what the provider earned in its running 365-day pay "
+                                       "period staked until the period ends.")
     p.set_defaults(handler=provider_deregister)
     p = actions.add_parser("show", parents=[common, as_json], help="a provider's record",
-                           description="A provider's on-chain record and active bids.")
+                           description="A provider's on-chain record, active bids and the "
+                                       "marketplace flavour.")
     p.add_argument("address", nargs="?", type=address_arg, metavar="ADDRESS",
                    help="provider address (default: this wallet)")
     p.set_defaults(handler=provider_show)
 
     # model
     group = sub.add_parser("model", parents=[common], help="register and list models",
-                           description="Models on the Marketplace.")
+                           description="Models on the marketplace (either flavour).")
     actions = group.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = actions.add_parser("register", parents=[common], help="register a model",
                            description="Register a model (or, for a name this wallet already "
@@ -70,6 +81,8 @@ def add_commands(sub: Commands, common: Parser, as_json: Parser) -> None:
                    help="0x 32-byte base id (default: keccak256 of the name)")
     p.add_argument("--ipfs-cid", type=id32_arg, default=ZERO32, metavar="HEX32",
                    help="0x 32-byte IPFS CID digest (default: zero)")
+    p.add_argument("--fee", type=mor_arg, default=0, metavar="MOR",
+                   help="morpheus flavour only: the model fee the diamond records (default: 0)")
     p.set_defaults(handler=model_register)
     p = actions.add_parser("deregister", parents=[common], help="deregister a model",
                            description="Deregister a model this wallet owns; its stake comes "
@@ -77,7 +90,9 @@ def add_commands(sub: Commands, common: Parser, as_json: Parser) -> None:
     p.add_argument("model_id", type=id32_arg, metavar="MODEL_ID")
     p.set_defaults(handler=model_deregister)
     p = actions.add_parser("list", parents=[common, as_json], help="active models",
-                           description="Every active model on the Marketplace.")
+                           description="Every active model on the marketplace. The Morpheus "
+                                       "diamond does not keep a model's base id (its JSON "
+                                       "baseModelId is null there).")
     p.set_defaults(handler=model_list)
 
     # bid
@@ -138,15 +153,24 @@ class ModelRegistration:
 
 async def register_model(market: Market, name: str, *, base_model_id: str | None = None,
                          ipfs_cid: str = ZERO32, stake: int | None = None,
-                         tags: list[str] | tuple[str, ...] = ()) -> ModelRegistration:
-    """``modelRegister``; ``stake`` None: the contract's minimum for a new model, else 0."""
+                         tags: list[str] | tuple[str, ...] = (), fee: int = 0
+                         ) -> ModelRegistration:
+    """``modelRegister``; ``stake`` None: the contract's minimum for a new model, else 0.
+    ``fee`` is the diamond's model fee; our Marketplace has none."""
     base = to_bytes32(base_model_id) if base_model_id else keccak(text=name)
     model_id = "0x" + keccak(bytes.fromhex(market.client.address[2:]) + base).hex()
+    if fee and not isinstance(market, MorpheusMarketplace):
+        raise CliError("--fee is the Morpheus diamond's model fee; the native marketplace has "
+                       "no model fee", EXIT_CONFIG)
     if stake is None:
         current = await market.get_model(model_id)
         stake = 0 if current.exists else await market.model_min_stake()
-    registered_id, tx = await market.register_model(base, to_bytes32(ipfs_cid), stake, name,
-                                                    list(tags))
+    if isinstance(market, MorpheusMarketplace):
+        registered_id, tx = await market.register_model(base, to_bytes32(ipfs_cid), stake,
+                                                        name, list(tags), fee=fee)
+    else:
+        registered_id, tx = await market.register_model(base, to_bytes32(ipfs_cid), stake,
+                                                        name, list(tags))
     return ModelRegistration(await market.get_model(registered_id), stake, tx)
 
 
@@ -202,6 +226,34 @@ async def resolve_model(market: Market, text: str, *, prefer_owner: str | None =
     return named[0]
 
 
+async def _paged_total(market: Market, getter: str, key: Any) -> int:
+    """The total of one of the flavour's paged ``(ids, total)`` views (``GETTERS``), in
+    one call: the diamond's records keep no counts (``active_bids`` and ``session_count``
+    read 0 there)."""
+    _, total = await market.client.call(market.contract, market.GETTERS[getter], key, 0, 0)
+    return int(total)
+
+
+async def model_bid_count(market: Market, model: Model) -> int:
+    if isinstance(market, MorpheusMarketplace):
+        return await _paged_total(market, "bids_of_model", to_bytes32(model.id))
+    return model.active_bids
+
+
+async def provider_session_count(market: Market, info: Provider) -> int:
+    if isinstance(market, MorpheusMarketplace):
+        return await _paged_total(market, "provider_sessions", info.address)
+    return info.session_count
+
+
+def model_json(market: Market, model: Model, bids: int) -> dict[str, Any]:
+    """A model's record; the diamond keeps no base id (only the id derived from it)."""
+    out = {**model.to_json(), "activeBids": bids}
+    if isinstance(market, MorpheusMarketplace):
+        out["baseModelId"] = None
+    return out
+
+
 # -- provider ---------------------------------------------------------------------------
 
 
@@ -226,9 +278,13 @@ async def provider_update(ctx: Context) -> None:
 
 async def provider_deregister(ctx: Context) -> None:
     market = await ctx.market(sign=True)
-    before = await market.get_provider(market.client.address)
+    me = market.client.address
     tx = await market.deregister_provider()
-    print(f"provider {before.address} deregistered; stake {with_wei(before.stake)} returned")
+    print(f"provider {me} deregistered; stake {with_wei(mor_received(tx, me))} returned")
+    kept = (await market.get_provider(me)).stake
+    if kept:
+        print(f"stake {with_wei(kept)} stays staked: what the provider earned in its running "
+              "365-day pay period, released by the diamond when the period ends")
     print(tx_line(tx))
 
 
@@ -243,13 +299,17 @@ async def provider_show(ctx: Context) -> None:
     address = ctx.args.address or ctx.address
     info = await market.get_provider(address)
     bids = await market.active_bid_ids_of(address) if info.created_at else []
+    sessions = await provider_session_count(market, info) if info.created_at else 0
     if ctx.args.json:
-        print_json({**info.to_json(), "status": provider_status(info), "bids": bids})
+        print_json({**info.to_json(), "activeBids": len(bids), "sessionCount": sessions,
+                    "status": provider_status(info), "flavor": market.flavor, "bids": bids})
         return
-    fields([("provider", info.address), ("status", provider_status(info)),
+    fields([("provider", info.address), ("marketplace", f"{FLAVORS[market.flavor]} at "
+                                                        f"{market.address}"),
+            ("status", provider_status(info)),
             ("endpoint", info.endpoint or "-"), ("stake", with_wei(info.stake)),
-            ("since", when(info.created_at)), ("active bids", info.active_bids),
-            ("sessions", info.session_count)])
+            ("since", when(info.created_at)), ("active bids", len(bids)),
+            ("sessions", sessions)])
     for bid_id in bids:
         print(f"  bid {bid_id}")
 
@@ -262,14 +322,15 @@ async def model_register(ctx: Context) -> None:
     tags = [t.strip() for t in ctx.args.tags.split(",") if t.strip()]
     report_model(await register_model(market, ctx.args.name, base_model_id=ctx.args.base_model_id,
                                       ipfs_cid=ctx.args.ipfs_cid, stake=ctx.args.stake,
-                                      tags=tags))
+                                      tags=tags, fee=ctx.args.fee))
 
 
 async def model_deregister(ctx: Context) -> None:
     market = await ctx.market(sign=True)
     model = await registered_model(market, ctx.args.model_id)
     tx = await market.deregister_model(model.id)
-    print(f"model {model.name!r} ({model.id}) deregistered; stake {with_wei(model.stake)} "
+    returned = mor_received(tx, market.client.address)
+    print(f"model {model.name!r} ({model.id}) deregistered; stake {with_wei(returned)} "
           "returned")
     print(tx_line(tx))
 
@@ -277,12 +338,13 @@ async def model_deregister(ctx: Context) -> None:
 async def model_list(ctx: Context) -> None:
     market = await ctx.market()
     models = await market.active_models()
+    counts = [await model_bid_count(market, m) for m in models]
     if ctx.args.json:
-        print_json([m.to_json() for m in models])
+        print_json([model_json(market, m, n) for m, n in zip(models, counts, strict=True)])
         return
     table(["MODEL ID", "NAME", "OWNER", "STAKE", "BIDS", "TAGS"],
-          [[m.id, m.name, m.owner, fmt_mor(m.stake), m.active_bids, ",".join(m.tags) or "-"]
-           for m in models], empty="no active models")
+          [[m.id, m.name, m.owner, fmt_mor(m.stake), n, ",".join(m.tags) or "-"]
+           for m, n in zip(models, counts, strict=True)], empty="no active models")
 
 
 # -- bid --------------------------------------------------------------------------------

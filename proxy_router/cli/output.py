@@ -18,7 +18,8 @@ from proxy_router.cli.units import fmt_eth
 WEI_KEYS = frozenset({
     "stake", "pricePerSecond", "providerEarned", "userRefund", "held", "gasCostWei",
     "eth", "mor", "allowance", "paid", "claimable", "accruing", "amount", "earned",
-    "providerMinStake", "modelMinStake", "bidFee"})
+    "providerMinStake", "modelMinStake", "bidFee", "claimableAmount", "providerShare",
+    "userHeld", "providerHeld", "withdrawable", "onHold", "returned", "claimedAmount"})
 """Keys whose integer values are wei amounts (printed as decimal strings)."""
 
 

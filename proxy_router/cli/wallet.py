@@ -4,6 +4,10 @@
 overwritten) for ``KEYSTORE_PATH``. ``import`` reads the key from standard input (one
 line) or a hidden prompt in a terminal, never from an argument, so it stays out of
 shell history and process lists. Neither a key nor a password is ever printed.
+
+``withdraw-held`` is the Morpheus flavour's: the diamond keeps part of an early-closed
+session's stake until the next UTC midnight and pays it back only when asked; our
+Marketplace refunds at close and holds nothing of the user's.
 """
 
 from __future__ import annotations
@@ -17,9 +21,17 @@ from pathlib import Path
 from eth_account import Account
 
 from proxy_router.chain.markets import Market
+from proxy_router.chain.morpheus import DAY, MorpheusMarketplace, start_of_day
 from proxy_router.cli.args import Commands, Parser, address_arg
-from proxy_router.cli.context import EXIT_CONFIG, CliError, Context
-from proxy_router.cli.output import fields, print_json, tx_line
+from proxy_router.cli.context import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    FLAVORS,
+    CliError,
+    Context,
+    mor_received,
+)
+from proxy_router.cli.output import fields, print_json, tx_line, when
 from proxy_router.cli.units import parse_units, with_wei
 from proxy_router.keystore import read_password, write_keystore
 
@@ -49,7 +61,10 @@ def add_commands(sub: Commands, common: Parser, as_json: Parser) -> None:
                                        "declares it is not unlocked).")
     p.set_defaults(handler=wallet_address)
     p = actions.add_parser("balance", parents=[common, as_json], help="ETH and MOR balances",
-                           description="ETH and MOR held by an address.")
+                           description="ETH and MOR held by an address, and the marketplace "
+                                       "flavour; in the morpheus flavour also its stakes the "
+                                       "diamond holds (withdrawable now / on hold until the "
+                                       "next UTC midnight).")
     p.add_argument("address", nargs="?", type=address_arg, metavar="ADDRESS",
                    help="whose balance (default: this wallet)")
     p.set_defaults(handler=wallet_balance)
@@ -61,9 +76,18 @@ def add_commands(sub: Commands, common: Parser, as_json: Parser) -> None:
     p.set_defaults(handler=wallet_send)
     p = actions.add_parser("allowance", parents=[common, as_json],
                            help="MOR the marketplace may take from the wallet",
-                           description="The wallet's MOR allowance to the Marketplace (raised "
-                                       "automatically before stakes and sessions).")
+                           description="The wallet's MOR allowance to the marketplace (the "
+                                       "diamond in the morpheus flavour), raised automatically "
+                                       "before stakes and sessions.")
     p.set_defaults(handler=wallet_allowance)
+    p = actions.add_parser(
+        "withdraw-held", parents=[common], help="morpheus: take back stakes held until midnight",
+        description="Morpheus flavour only: the diamond holds the stake an early-closed "
+                    "session's time of that day is worth until the next UTC midnight. Shows "
+                    "what is withdrawable now and what is still on hold, and withdraws what "
+                    "is released (withdrawUserStakes); exit 1, and no transaction, when nothing "
+                    "is. The native marketplace refunds at close and holds nothing.")
+    p.set_defaults(handler=wallet_withdraw_held)
 
 
 # -- keystores (no chain, no settings) ---------------------------------------------------
@@ -132,10 +156,52 @@ async def wallet_balance(ctx: Context) -> None:
     market = await ctx.market()
     address = ctx.args.address or ctx.address
     eth, mor = await market.eth_balance(address), await market.mor_balance(address)
+    held = (await market.held_stakes(address) if isinstance(market, MorpheusMarketplace)
+            else None)
     if ctx.args.json:
-        print_json({"address": address, "eth": eth, "mor": mor})
+        print_json({"address": address, "flavor": market.flavor, "eth": eth, "mor": mor,
+                    **({"heldStakes": {"withdrawable": held[0], "onHold": held[1]}}
+                       if held is not None else {})})
         return
-    fields([("address", address), ("ETH", with_wei(eth, "ETH")), ("MOR", with_wei(mor))])
+    rows = [("address", address), ("marketplace", FLAVORS[market.flavor]),
+            ("ETH", with_wei(eth, "ETH")), ("MOR", with_wei(mor))]
+    if held is not None:
+        rows += held_rows(*held)
+    fields(rows)
+
+
+def held_rows(withdrawable: int, on_hold: int) -> list[tuple[str, str]]:
+    return [("MOR held, withdrawable", with_wei(withdrawable)
+             + (" (`proxy-router wallet withdraw-held`)" if withdrawable else "")),
+            ("MOR held, on hold", with_wei(on_hold)
+             + (" (until the next UTC midnight)" if on_hold else ""))]
+
+
+async def wallet_withdraw_held(ctx: Context) -> None:
+    if ctx.settings.marketplace_flavor != "morpheus":
+        raise CliError("wallet withdraw-held is for the Morpheus diamond "
+                       "(MARKETPLACE_FLAVOR=morpheus): the native marketplace refunds the "
+                       "unused stake at close and holds nothing", EXIT_CONFIG)
+    market = await ctx.market(sign=True)
+    assert isinstance(market, MorpheusMarketplace)
+    me = market.client.address
+    withdrawable, on_hold = await market.held_stakes(me)
+    fields([("address", me), *held_rows(withdrawable, on_hold)])
+    if not withdrawable:
+        midnight = start_of_day(await ctx.chain_now(market)) + DAY
+        raise CliError("nothing to withdraw yet: " + (
+            f"{with_wei(on_hold)} is on hold until {when(midnight)}" if on_hold
+            else "the diamond holds no stake of this wallet"), EXIT_FAILURE)
+    tx = await market.withdraw_held()
+    returned = mor_received(tx, me)
+    left, still = await market.held_stakes(me)
+    print(f"withdrew {with_wei(returned)}")
+    if left:
+        print(f"{with_wei(left)} more is withdrawable (the diamond pays out a bounded number "
+              "of holds per call): run it again")
+    if still:
+        print(f"{with_wei(still)} stays on hold until the next UTC midnight")
+    print(tx_line(tx))
 
 
 async def wallet_send(ctx: Context) -> None:

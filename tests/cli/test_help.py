@@ -21,7 +21,7 @@ COMMANDS = [
     ["session", "list"], ["session", "close"],
     ["earnings"],
     ["wallet", "new"], ["wallet", "import"], ["wallet", "address"], ["wallet", "balance"],
-    ["wallet", "send"], ["wallet", "allowance"],
+    ["wallet", "send"], ["wallet", "allowance"], ["wallet", "withdraw-held"],
 ]
 READ_COMMANDS = [["provider", "show"], ["model", "list"], ["bid", "list"], ["session", "list"],
                  ["earnings"], ["wallet", "balance"], ["wallet", "allowance"]]
@@ -50,6 +50,25 @@ def test_every_command_has_help(argv: list[str], capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert out.startswith("usage: proxy-router" + "".join(f" {a}" for a in argv))
     assert "--env-file" in out
+
+
+def test_the_help_says_which_marketplace_flavour_each_difference_is_for(
+        capsys: pytest.CaptureFixture[str]):
+    def help_of(*argv: str) -> str:
+        with pytest.raises(SystemExit):
+            main([*argv, "--help"])
+        return " ".join(capsys.readouterr().out.split())
+
+    top = help_of()
+    assert "MARKETPLACE_FLAVOR" in top and "wallet withdraw-held" in top
+    assert "native" in top and "morpheus" in top
+    withdraw = help_of("wallet", "withdraw-held")
+    assert "Morpheus flavour only" in withdraw and "native marketplace refunds" in withdraw
+    for argv in (["session", "close"], ["earnings"], ["wallet", "balance"]):
+        text = help_of(*argv)
+        assert "native" in text or "morpheus" in text, argv
+    assert "morpheus flavour only" in help_of("model", "register")
+    assert "morpheus flavour" in help_of("deploy")
 
 
 @pytest.mark.parametrize("argv", READ_COMMANDS, ids=" ".join)

@@ -203,8 +203,16 @@ def test_wallet_send_moves_eth_and_mor_in_decimal_units(market: Market):
     assert sent.stdout.startswith("sent 1.5 MOR (1500000000000000000 wei) to 0x")
     market.cli("wallet", "send", "eth", "0.25", "--to", to)
     assert market.cli.json("wallet", "balance", to) == {
-        "address": Web3.to_checksum_address(to), "eth": str(25 * 10**16),
+        "address": Web3.to_checksum_address(to), "flavor": "native", "eth": str(25 * 10**16),
         "mor": str(15 * 10**17)}
+
+
+def test_wallet_withdraw_held_is_the_morpheus_flavours_and_says_why(market: Market):
+    out = market.cli("wallet", "withdraw-held", env=market.as_user, ok=False)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        "error: wallet withdraw-held is for the Morpheus diamond (MARKETPLACE_FLAVOR=morpheus): "
+        "the native marketplace refunds the unused stake at close and holds nothing"]
 
 
 # -- provider, model, bid ----------------------------------------------------------------------
@@ -213,6 +221,7 @@ def test_wallet_send_moves_eth_and_mor_in_decimal_units(market: Market):
 def test_the_registered_market_reads_back_as_json(market: Market):
     provider = market.cli.json("provider", "show")
     assert provider["id"] == dev_address(PROVIDER) and provider["status"] == "registered"
+    assert provider["flavor"] == "native" and provider["activeBids"] == 1
     assert provider["endpoint"] == "127.0.0.1:9" and provider["bids"] == [market.bid_id]
     assert provider["stake"] == str(2 * 10**17)  # providerMinStake
 
