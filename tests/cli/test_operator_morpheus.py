@@ -17,7 +17,6 @@ holds cannot be released while the tests run; the tests run in order on it.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +44,7 @@ HOUR = 3600
 MOR = 10**18
 PROVIDER_STAKE = 100 * MOR  # the diamond pays a provider at most its stake per period
 MODEL = "TinyModel-M"
-STAMPS = itertools.count()
+STAMPS: set[int] = set()  # approval stamps used in this run
 
 
 def head_timestamp(rpc_url: str) -> int:
@@ -113,7 +112,10 @@ async def open_session(d: Diamond, seconds: int) -> Session:
     user = await d.market(USER)
     try:
         stake = await user.stake_for(PRICE, seconds)
-        stamp = (await user.client.head())[1] - next(STAMPS)  # each approval distinct
+        stamp = (await user.client.head())[1]
+        while stamp in STAMPS:  # each approval distinct: the same bytes twice would revert
+            stamp -= 1
+        STAMPS.add(stamp)
         approval = Approval(to_bytes32(d.bid_id), user.client.chain_id, user.me,
                             stamp).encode()
         signature = sign_blob(Account.from_key(dev_key(PROVIDER)), approval)

@@ -4,7 +4,6 @@ checked to the wei: stake in = provider paid + refunded + held, in both payment 
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ PROVIDER, USER = 1, 2
 PRICE = 10**15  # wei/s, inside the base-mainnet bounds (1e13..1e16)
 HOUR = 3600
 MOR = 10**18
-STAMPS = itertools.count()
+STAMPS: set[int] = set()  # approval stamps used (per run: each test reverts the chain)
 
 
 @dataclass
@@ -50,7 +49,10 @@ async def offer(diamond: Diamond) -> Offer:
 async def open_session(o: Offer, *, direct: bool, seconds: int = HOUR) -> Session:
     stake = await o.user.stake_for(PRICE, seconds, direct=direct)
     # a distinct stamp per approval: the same bytes twice would be a duplicate approval
-    stamp = (await o.user.client.head())[1] - next(STAMPS)
+    stamp = (await o.user.client.head())[1]
+    while stamp in STAMPS:
+        stamp -= 1
+    STAMPS.add(stamp)
     approval = Approval(bytes.fromhex(o.bid_id[2:]), o.user.client.chain_id,
                         o.user.me, stamp).encode()
     session_id, _ = await o.user.open_session(stake, approval,
