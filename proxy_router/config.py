@@ -118,6 +118,10 @@ _FALSE_IS_OURS = frozenset({"ETH_NODE_USE_SUBSCRIPTIONS", "ETH_NODE_LEGACY_TX",
 _VALUE_READ = _FALSE_IS_OURS | {"IPFS_DISABLED", "WEB_PUBLIC_URL"}
 """The only reference values kept (none is a secret); of the rest only the name."""
 _RATING_MAX_BYTES = 1 << 20
+IDLE_TIMEOUT_S = 60
+"""A session is paid by the second until it is closed: one question costs its answer's
+seconds plus this (a 600 s session was paid in full before). Long enough that a chat
+turn or an agent's next step reuses the session (no new stake, gas or hand-shake)."""
 
 
 class ConfigurationError(Exception):
@@ -242,7 +246,9 @@ class Settings(BaseSettings):
     mor_rpc_connect_timeout_s: float = Field(3.0, gt=0)
     first_token_timeout_s: float = Field(
         60.0, gt=0, validation_alias=AliasChoices("first_token_timeout_s", "cnode_pnode_timeout"))
-    session_idle_timeout_s: int = Field(900, ge=0, description="close unused sessions; 0 = never")
+    session_idle_timeout_s: int = Field(
+        IDLE_TIMEOUT_S, ge=0, description="close a session opened for chat requests this "
+        "long after its last answer (0 = at its end); default 60, Morpheus stake mode 0")
     session_sweep_interval_s: float = Field(5.0, gt=0, le=300)
     session_payment: Literal["direct", "stake"] = Field(
         "direct", description="Morpheus flavour: the user pays the provider (direct) or "
@@ -268,6 +274,14 @@ class Settings(BaseSettings):
     http_body_timeout_s: float = Field(30.0, gt=0, description="time to receive a request body")
     prompts_per_session: int = Field(
         1, ge=1, description="provider: prompts one session may run at once")
+    prompt_queue_depth: int = Field(
+        32, ge=0, le=10_000, description="both roles: prompts that may wait for a busy slot "
+        "(provider: per model; consumer: per session), first come first served; beyond "
+        "that a 429 with Retry-After (0 = refuse at once)")
+    prompt_queue_wait_s: float = Field(
+        30.0, ge=0, le=3600, description="both roles: longest wait in that queue, then a "
+        "429 with Retry-After; a provider's must stay below its consumers' "
+        "FIRST_TOKEN_TIMEOUT_S (default 60), which counts its wait")
     stream_stall_timeout_s: float = Field(
         30.0, gt=0, description="provider: end a stream whose reader stops for this long")
     approvals_per_user: int = Field(
@@ -312,7 +326,8 @@ class Settings(BaseSettings):
                      "session_idle_timeout_s", "session_sweep_interval_s", "backend_timeout_s",
                      "provider_close_grace_s", "http_header_timeout_s",
                      "http_keepalive_timeout_s", "http_body_timeout_s",
-                     "stream_stall_timeout_s", "mor_rpc_replay_window_s", mode="before")
+                     "stream_stall_timeout_s", "mor_rpc_replay_window_s",
+                     "prompt_queue_wait_s", mode="before")
     @classmethod
     def _go_duration(cls, value: object) -> object:
         """``10s``, ``1m30s``, ``500ms`` or plain seconds; whole seconds where an int is due."""
@@ -504,6 +519,16 @@ class Settings(BaseSettings):
         if allow and "provider_allowlist" not in given:
             self.provider_allowlist = ",".join(_address(a) for a in allow)
         self._rating_params_ignored = "params" in data
+
+    @model_validator(mode="after")
+    def _idle_default_for_stake_mode(self) -> Settings:
+        """In Morpheus stake mode the emission pays the provider, so an early close saves
+        the wallet nothing and holds its stake until the next UTC midnight: by default a
+        session there runs to its end (then the whole stake comes back at once)."""
+        if "session_idle_timeout_s" not in self.model_fields_set and \
+                self.marketplace_flavor == "morpheus" and self.session_payment == "stake":
+            self.session_idle_timeout_s = 0
+        return self
 
     @field_validator("api_token")
     @classmethod

@@ -18,6 +18,12 @@ Where each fact is measured, never per streamed chunk:
   (``follow_market``), so a settlement counts whoever sent the transaction.
 - Active sessions, index lag and MOR-RPC connections: callback gauges read at
   scrape time (``watch``).
+- Backend requests aborted (provider): ``OpenAIBackend``'s abort hook, once per request
+  the provider closed before its reply's end (a cancel, a consumer gone).
+- Token counts that had to be estimated (provider): ``session.prompt``, once per answer.
+- The prompt queue (both roles): the provider's ``CapacityManager`` (waits for one of
+  a model's slots) and the consumer's ``ChatService`` (waits for a turn on a session),
+  as each prompt leaves the queue.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ CLIENT_GONE = 499  # nginx's code for "the client closed the connection first"
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                     120.0, 300.0)
+QUEUE_BUCKETS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+REFUSED_OUTCOMES = frozenset({"full", "timeout"})
 
 
 class Metrics:
@@ -87,6 +95,16 @@ class Metrics:
             "Tokens of completed answers as measured by the provider, by model and type "
             "(prompt = in, completion = out)",
             ["model", "type"], registry=r)
+        self.backend_aborts = Counter(
+            "proxy_router_backend_requests_aborted_total",
+            "Backend requests the provider closed before their reply's end, so that the "
+            "model server stops generating (the consumer cancelled or went away), by model",
+            ["model"], registry=r)
+        self.usage_estimated = Counter(
+            "proxy_router_usage_estimated_total",
+            "Answers whose prompt or completion token count is an estimate (the backend "
+            "neither reported nor counted it), by model and type",
+            ["model", "type"], registry=r)
         party = "this wallet" if role == "consumer" else "this provider"
         self.sessions_opened = Counter(
             "proxy_router_sessions_opened_total", f"Sessions opened on chain for {party}",
@@ -112,6 +130,21 @@ class Metrics:
             "Blocks between the chain head and the market index's checkpoint", registry=r)
         self.rpc_connections = Gauge(
             "proxy_router_rpc_connections", "Open MOR-RPC connections", registry=r)
+        slot = "one of the model's prompt slots" if role == "provider" \
+            else "a turn on its session"
+        self.prompt_queue = Gauge(
+            "proxy_router_prompt_queue_depth", f"Prompts waiting for {slot}, by model",
+            ["model"], registry=r)
+        self.prompt_queue_wait = Histogram(
+            "proxy_router_prompt_queue_wait_seconds",
+            f"How long a prompt waited for {slot} (0 when one was free), by model and how "
+            "it left the queue (served, timeout, cancelled)",
+            ["model", "outcome"], buckets=QUEUE_BUCKETS, registry=r)
+        self.prompt_queue_refused = Counter(
+            "proxy_router_prompt_queue_refused_total",
+            "Prompts refused with a 429 and Retry-After, by model and reason (full: the "
+            "queue was full; timeout: the longest wait ran out)",
+            ["model", "reason"], registry=r)
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -164,6 +197,27 @@ class Metrics:
             self.tokens.labels(model, "completion").inc(
                 int(usage.get("completion_tokens") or 0))
 
+    def backend_aborted(self, model: str) -> None:
+        """The provider closed a backend request of ``model`` before its reply ended."""
+        self.backend_aborts.labels(model).inc()
+
+    def estimated(self, model: str, kinds: tuple[str, ...]) -> None:
+        """An answer's ``kinds`` (``prompt``, ``completion``) counts are estimates."""
+        for kind in kinds:
+            self.usage_estimated.labels(model, kind).inc()
+
+    def prompt_queue_depth(self, model: str, depth: int) -> None:
+        """The model's queue now holds ``depth`` waiting prompts."""
+        self.prompt_queue.labels(model).set(depth)
+
+    def prompt_queue_left(self, model: str, waited_s: float, outcome: str) -> None:
+        """A prompt left the queue after ``waited_s``: ``served``, ``cancelled``, or
+        refused (``full``, ``timeout``)."""
+        if outcome in REFUSED_OUTCOMES:
+            self.prompt_queue_refused.labels(model, outcome).inc()
+        if outcome != "full":
+            self.prompt_queue_wait.labels(model, outcome).observe(waited_s)
+
     def rpc_done(self, method: str, code: str, seconds: float) -> None:
         self.rpc_requests.labels(method, code).inc()
         self.rpc_duration.labels(method).observe(seconds)
@@ -179,7 +233,8 @@ class Metrics:
         status = 500
         try:
             response = await handler(request)
-            status = response.status
+            # a stream whose client left is returned, not raised (no traceback): still a 499
+            status = CLIENT_GONE if _client_gone(request) else response.status
             return response
         except web.HTTPException as exc:
             status = exc.status
@@ -198,6 +253,11 @@ class Metrics:
     async def handler(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry),
                             headers={"Content-Type": CONTENT_TYPE})
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def route_template(request: web.Request) -> str:

@@ -145,7 +145,9 @@ class Router:
             close_grace_s=self.settings.provider_close_grace_s, metrics=self.metrics,
             prompts_per_session=self.settings.prompts_per_session,
             approvals_per_user=self.settings.approvals_per_user,
-            session_requests_per_ip_s=self.settings.session_requests_per_ip_s)
+            session_requests_per_ip_s=self.settings.session_requests_per_ip_s,
+            prompt_queue_depth=self.settings.prompt_queue_depth,
+            prompt_queue_wait_s=self.settings.prompt_queue_wait_s)
         service.rebuild_capacity()
         # Nonces are remembered in memory only: refuse frames signed before this start.
         guard = ReplayGuard(self.settings.mor_rpc_replay_window_s, not_before=time.time())
@@ -201,7 +203,9 @@ class Router:
                            session_duration=self.settings.session_duration_s,
                            failover=self.settings.failover_enabled,
                            first_token_timeout=self.settings.first_token_timeout_s,
-                           metrics=self.metrics)
+                           metrics=self.metrics,
+                           queue_depth=self.settings.prompt_queue_depth,
+                           queue_wait_s=self.settings.prompt_queue_wait_s)
         self.metrics.watch(index=self.index, active_sessions=lambda: sessions.open_count,
                            rpc_connections=lambda: pool.connected)
         api = ConsumerApi(sessions, chat, access=AccessPolicy.from_settings(self.settings),

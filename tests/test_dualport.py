@@ -81,7 +81,11 @@ async def test_raw_connections_are_capped_per_remote(port: int) -> None:
         assert await reader.readexactly(5) == b"raw:{"
         held.append(writer)
     try:
-        assert await raw_exchange(port, b"{}") == b""  # over the cap: dropped
+        try:  # over the cap: dropped (a reset or an empty answer, as the race goes)
+            answer = await raw_exchange(port, b"{}")
+        except ConnectionResetError:
+            answer = b""
+        assert answer == b""
     finally:
         for writer in held:
             writer.close()

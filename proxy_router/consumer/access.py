@@ -23,7 +23,7 @@ ride on it. Secrets are compared in constant time.
 CORS is granted only to the origins in ``CORS_ORIGINS`` (no wildcard, no
 cookies): preflights are answered here, and responses to allowed origins carry
 ``Access-Control-Allow-Origin`` (added in ``on_response_prepare`` so streamed
-answers get it too).
+answers get it too), and let the page read the request id and the session's cost.
 """
 
 from __future__ import annotations
@@ -55,9 +55,12 @@ TOKEN_FILE = "api-token"
 COOKIE = "proxy_router_token"
 REALM = "proxy-router"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+REQUEST_ID_HEADER = "X-Request-Id"
+SESSION_HEADERS = ("X-Session-Id", "X-Session-Price-Per-Second", "X-Session-Cost-So-Far")
+"""On chat answers: the session that paid, its price and its cost so far (``api.py``)."""
 CORS_METHODS = "GET, POST, OPTIONS"
-CORS_HEADERS = "Authorization, Content-Type, session_id, X-Session-Id"
-CORS_EXPOSE = "X-Session-Id"
+CORS_HEADERS = f"Authorization, Content-Type, session_id, X-Session-Id, {REQUEST_ID_HEADER}"
+CORS_EXPOSE = ", ".join((REQUEST_ID_HEADER, *SESSION_HEADERS))
 CORS_MAX_AGE = "600"
 ROUTE_ACCESS = web.AppKey("route_access", dict[AbstractRoute, "Access"])
 

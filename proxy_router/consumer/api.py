@@ -5,13 +5,17 @@ format so any OpenAI client works unchanged; ``/blockchain/...`` exposes the
 market, the wallet and session control. ``ROUTES`` is the one table of routes:
 the app is registered from it and ``/openapi.json`` documents it, and every JSON
 body is built through the pydantic models of ``schemas.py``.
+
+Cost is in the open: every response carries ``X-Request-Id`` (also in the log lines
+of its request), and a chat answer the session it was paid from, that session's
+price per second and its cost so far (``SESSION_HEADERS``).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,13 @@ from pydantic import BaseModel
 
 from proxy_router.chain.flavor import to_bytes32
 from proxy_router.chain.morpheus import MorpheusMarketplace
-from proxy_router.consumer.access import ROUTE_ACCESS, Access, AccessPolicy
+from proxy_router.consumer.access import (
+    REQUEST_ID_HEADER,
+    ROUTE_ACCESS,
+    SESSION_HEADERS,
+    Access,
+    AccessPolicy,
+)
 from proxy_router.consumer.chat import ChatService, Reply
 from proxy_router.consumer.domain_errors import ProviderUnavailable
 from proxy_router.consumer.errors import ApiError, internal_error, rule_for, to_api_error
@@ -46,9 +56,10 @@ from proxy_router.consumer.schemas import (
     Withdrawal,
     parse_body,
 )
-from proxy_router.consumer.sessions import SessionManager, public_row
+from proxy_router.consumer.sessions import ConsumerSession, SessionManager, public_row
 from proxy_router.consumer.sse import USAGE_KEY, checked_sse, filter_usage, first_event
 from proxy_router.health import Health, health_response
+from proxy_router.logs import request_id
 from proxy_router.metrics import Metrics
 from proxy_router.morrpc import RpcError, RpcUnavailable
 from proxy_router.netguard import read_body
@@ -59,6 +70,7 @@ WEB_DIR = Path(__file__).with_name("web")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC, LOCAL, WALLET = Access.PUBLIC, Access.LOCAL, Access.WALLET
 CHAIN = (502, 503)  # a chain read can fail
+REQUEST_ID = web.RequestKey("request_id", str)
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/", "web_app", "The marketplace web app (sets the API cookie for a "
@@ -78,7 +90,7 @@ ROUTES: tuple[Route, ...] = (
                         r"^(0x)?[0-9a-fA-F]{64}$"),
                   Param("X-Session-Id", "header", "same as session_id",
                         r"^(0x)?[0-9a-fA-F]{64}$")),
-          errors=(400, 402, 404, 409, 429, 502, 503, 504)),
+          headers=SESSION_HEADERS, errors=(400, 402, 404, 409, 429, 502, 503, 504)),
     Route("GET", "/v1/models", "list_models", "Marketplace models with an active bid", LOCAL,
           "openai", returns=ModelList),
     Route("GET", "/blockchain/balance", "balance", "The wallet's ETH and MOR", LOCAL,
@@ -130,6 +142,22 @@ def json_response(model: type[BaseModel], value: Any, *, status: int = 200,
 
 
 @web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler
+                                ) -> web.StreamResponse:
+    """Name the request: the client's ``X-Request-Id`` when well-formed, else a new id,
+    bound to every log line logged while it is served (``send_request_id`` puts it
+    on the response), so a client's report and our logs meet."""
+    request[REQUEST_ID] = request_id(request.headers.get(REQUEST_ID_HEADER))
+    with structlog.contextvars.bound_contextvars(request_id=request[REQUEST_ID]):
+        return await handler(request)
+
+
+async def send_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every response has the id, errors and streams too."""
+    response.headers[REQUEST_ID_HEADER] = request.get(REQUEST_ID) or request_id(None)
+
+
+@web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes one OpenAI-shaped error, through ``errors.HTTP_ERRORS``."""
     try:
@@ -172,9 +200,10 @@ class ConsumerApi:
 
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self.metrics.middleware, self.access.cors_preflight,
-                         error_middleware, self.access.middleware],
+            middlewares=[request_id_middleware, self.metrics.middleware,
+                         self.access.cors_preflight, error_middleware, self.access.middleware],
             client_max_size=8 * 1024 * 1024)
+        app.on_response_prepare.append(send_request_id)
         app.on_response_prepare.append(self.access.cors_headers)
         app[ROUTE_ACCESS] = {
             app.router.add_route(route.method, route.path, getattr(self, route.handler)):
@@ -236,51 +265,45 @@ class ConsumerApi:
         if not req.stream:
             completion, session = await self.chat.complete(req, session_id)
             return web.json_response(completion.model_dump(mode="json", exclude_unset=True),
-                                     headers={"X-Session-Id": session.session_id})
+                                     headers=self._session_headers(session))
         reply = await self.chat.start(req, session_id)
-        headers = {"X-Session-Id": reply.session.session_id}
+        headers = self._session_headers(reply.session)
         try:
             return await self._stream(request, req, reply, headers)
         finally:
-            reply.close()
+            await reply.aclose()
+
+    def _session_headers(self, session: ConsumerSession) -> dict[str, str]:
+        """What pays for the answer: the session, its price in MOR wei per second and
+        what it has cost so far (as of now: a whole answer's end, a stream's first token),
+        so a client sees its spending without asking the chain."""
+        session_id, price, cost = SESSION_HEADERS
+        return {session_id: session.session_id, price: str(session.price_per_second),
+                cost: str(session.cost_so_far(self.index.chain_now()))}
 
     async def _stream(self, request: web.Request, req: ChatRequest, reply: Reply,
                       headers: dict[str, str]) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
-        await resp.prepare(request)
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        saw_usage = False
-        write = resp.write
+        chunks = reply.chunks()
         try:
-            async for chunk in reply.chunks():
-                chunk = checked_sse(chunk)
-                if USAGE_KEY in chunk:  # rare: the stream's last event
-                    chunk, saw = filter_usage(chunk, include_usage)
-                    saw_usage |= saw
-                    if not chunk:
-                        continue
-                await write(chunk)
+            head = await _opening(chunks)
         except (RpcError, RpcUnavailable) as exc:
-            # Text already reached the client, so no retry: end the stream with the
-            # error, and stop using a provider that broke mid-answer.
+            # No token has been sent, nor any header: the client gets the error as a
+            # non-streamed request would (its status, its message), not a broken stream.
             if verdict(exc) is Verdict.FAIL_OVER:
                 self.chat.drop(reply.session)
-            shown = exc if isinstance(exc, RpcError) else ProviderUnavailable(str(exc))
-            await resp.write(to_api_error(shown).sse())
-        else:
-            self.chat.finished(reply)
-            usage = reply.usage
-            if include_usage and not saw_usage and usage:
-                first = first_event(reply.first)
-                final = ChatCompletionChunk(
-                    id=first.get("id", ""), created=first.get("created", 0),
-                    model=first.get("model", ""), choices=[], usage=Usage(
-                        prompt_tokens=usage["prompt_tokens"],
-                        completion_tokens=usage["completion_tokens"],
-                        total_tokens=usage["prompt_tokens"] + usage["completion_tokens"]))
-                await resp.write(b"data: " + final.model_dump_json().encode() + b"\n\n")
-        await resp.write_eof(b"data: [DONE]\n\n")
+            raise
+        resp = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        try:
+            await resp.prepare(request)
+            await _relay(self.chat, resp, req, reply, head, chunks)
+        except ConnectionResetError:
+            # The client closed the stream: an ordinary end, so no error and no traceback
+            # (the metrics count a 499). The provider is told to stop now (rpc.cancel),
+            # not when this stream is collected, and before the session's turn is given
+            # back, so its backend stops generating and the next prompt finds it free.
+            await reply.aclose()
+            log.info("stream_closed_by_client", session=reply.session.session_id)
         return resp
 
     # -- market ------------------------------------------------------------------
@@ -360,6 +383,92 @@ class ConsumerApi:
     async def close_session(self, request: web.Request) -> web.Response:
         session_id = _id32(request.match_info["session"], "session")
         return json_response(Settlement, await self.sessions.close(session_id))
+
+
+async def _relay(chat: ChatService, resp: web.StreamResponse, req: ChatRequest, reply: Reply,
+                 head: list[bytes], chunks: AsyncIterator[bytes]) -> None:
+    """The provider's chunks to the client, then [DONE]; ``ConnectionResetError``
+    once the client is gone."""
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    saw_usage = False
+    write = resp.write
+    try:
+        for chunk in head:
+            chunk, saw = _for_client(chunk, include_usage)
+            saw_usage |= saw
+            if chunk:
+                await write(chunk)
+        async for chunk in chunks:
+            chunk = checked_sse(chunk)
+            if USAGE_KEY in chunk:  # rare: the stream's last event
+                chunk, saw = filter_usage(chunk, include_usage)
+                saw_usage |= saw
+                if not chunk:
+                    continue
+            await write(chunk)
+    except (RpcError, RpcUnavailable) as exc:
+        # Text already reached the client, so no retry: end the stream with the
+        # error, and stop using a provider that broke mid-answer.
+        if verdict(exc) is Verdict.FAIL_OVER:
+            chat.drop(reply.session)
+        shown = exc if isinstance(exc, RpcError) else ProviderUnavailable(str(exc))
+        await resp.write(to_api_error(shown).sse())
+    else:
+        chat.finished(reply)
+        usage = reply.usage
+        if include_usage and not saw_usage and usage:
+            first = first_event(reply.first)
+            final = ChatCompletionChunk(
+                id=first.get("id", ""), created=first.get("created", 0),
+                model=first.get("model", ""), choices=[], usage=Usage(
+                    prompt_tokens=usage["prompt_tokens"],
+                    completion_tokens=usage["completion_tokens"],
+                    total_tokens=usage["prompt_tokens"] + usage["completion_tokens"]))
+            await resp.write(b"data: " + final.model_dump_json().encode() + b"\n\n")
+    await resp.write_eof(b"data: [DONE]\n\n")
+
+
+_MAX_OPENING_CHUNKS = 4
+_TOKEN_FIELDS = ("content", "tool_calls", "function_call", "refusal", "reasoning_content")
+
+
+async def _opening(chunks: AsyncIterator[bytes]) -> list[bytes]:
+    """A stream's chunks up to the first that carries a token (a few at most).
+
+    A backend may open with a role-only delta and fail right after; read that far
+    before any header is sent, so such a failure still becomes an HTTP error. Every
+    backend we know sends its first token in its first or second chunk."""
+    head: list[bytes] = []
+    async for chunk in chunks:
+        head.append(chunk)
+        if len(head) >= _MAX_OPENING_CHUNKS or _carries_token(chunk):
+            break
+    return head
+
+
+def _carries_token(chunk: bytes) -> bool:
+    """Whether an SSE chunk holds more than an opening: a token, a finish, or anything
+    that is not a chat chunk (passed on as it is, and checked there)."""
+    for raw in chunk.split(b"\n\n"):
+        if not raw:
+            continue
+        choices = first_event(raw).get("choices") if raw.startswith(b"data: ") else None
+        if not isinstance(choices, list) or not choices:
+            return True
+        for choice in choices:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict) or choice.get("finish_reason") or any(
+                    delta.get(key) for key in _TOKEN_FIELDS):
+                return True
+    return False
+
+
+def _for_client(chunk: bytes, include_usage: bool) -> tuple[bytes, bool]:
+    """A provider chunk as the client's bytes, and whether it carried a usage object."""
+    chunk = checked_sse(chunk)
+    if USAGE_KEY in chunk:
+        return filter_usage(chunk, include_usage)
+    return chunk, False
 
 
 def _id32(value: str, what: str, *, param: str | None = None) -> str:

@@ -10,8 +10,10 @@ sees one answer, or one clear error (a ``domain_errors`` exception or the
 provider's ``RpcError``, translated by the API).
 
 A session runs as many prompts at once as its provider allows (one by default):
-a request waits for its turn on the session (``first_token_timeout`` at most, then
-``SessionBusy``) rather than being refused by the provider.
+a request waits for its turn on the session rather than being refused by the provider,
+first come first served, at most ``queue_depth`` of them per session and each at most
+``queue_wait_s``, then ``SessionBusy`` (a 429 with Retry-After). The provider queues
+prompts that find all of its slots busy the same way.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ from proxy_router.morrpc.protocol import MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, SSE
 log = structlog.get_logger(__name__)
 
 MAX_ATTEMPTS = 3
+QUEUE_DEPTH = 32
+"""Prompts that may wait for a turn on one session (``PROMPT_QUEUE_DEPTH``'s default)."""
+QUEUE_WAIT_S = 30.0
+"""Longest wait for a turn (``PROMPT_QUEUE_WAIT_S``'s default)."""
 T = TypeVar("T")
 
 
@@ -63,10 +69,20 @@ class Reply:
     _closed: bool = field(default=False, init=False)
 
     def close(self) -> None:
-        """Give the session's turn back (once; the stream itself closes on its own)."""
+        """Give the session's turn back (once; for a stream read to its end)."""
         if not self._closed:
             self._closed = True
             self.session.turns.release()
+
+    async def aclose(self) -> None:
+        """Done with the answer, read or not: a stream not read to its end is cancelled
+        at the provider (``rpc.cancel``, the reference wire's close) before the turn is
+        given back, so the session's next prompt goes out behind the cancel and never
+        finds the provider still busy with this one."""
+        try:
+            await self.stream.aclose()
+        finally:
+            self.close()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         yield self.first
@@ -82,13 +98,20 @@ class Reply:
 class ChatService:
     def __init__(self, sessions: SessionManager, index: MarketIndex, *,
                  session_duration: int, failover: bool, first_token_timeout: float,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, queue_depth: int = QUEUE_DEPTH,
+                 queue_wait_s: float = QUEUE_WAIT_S) -> None:
         self.sessions = sessions
         self.index = index
         self.session_duration = session_duration
         self.failover = failover
         self.first_token_timeout = first_token_timeout
         self.metrics = metrics or Metrics("consumer")
+        self.queue_depth = queue_depth
+        self.queue_wait_s = queue_wait_s
+        self._waiting: dict[str, int] = {}
+        """Prompts waiting for a turn, per session id (entries only while > 0)."""
+        self._queued: dict[str, int] = {}
+        """The same per model name, for the queue-depth gauge."""
         self._background: set[asyncio.Task[None]] = set()
 
     def resolve_model(self, name: str) -> Model:
@@ -123,7 +146,7 @@ class ChatService:
                 async for _ in reply.stream:  # the signed trailer checks integrity
                     pass
             finally:
-                reply.close()
+                reply.close()  # read to its end, or its failure cancelled it already
             self.finished(reply)
             try:
                 body = bounded_json.loads(reply.first, max_bytes=MAX_FRAME_BYTES)
@@ -140,8 +163,11 @@ class ChatService:
                                       f"completion: {exc.errors()[0]['msg']}") from None
 
     def _model_name(self, reply: Reply) -> str:
-        model = self.index.models.get(reply.session.model_id.lower())
-        return model.name if model is not None and model.name else reply.session.model_id
+        return self._name_of(reply.session)
+
+    def _name_of(self, session: ConsumerSession) -> str:
+        model = self.index.models.get(session.model_id.lower())
+        return model.name if model is not None and model.name else session.model_id
 
     async def _with_failover(self, req: ChatRequest, session_id: str | None,
                              consume: Callable[[Reply], Awaitable[T]]) -> T:
@@ -174,7 +200,7 @@ class ChatService:
                 if explicit is not None:  # the client chose this provider: no other
                     raise ProviderUnavailable(last_error) from None
                 if step is Verdict.REOPEN:
-                    session.status = LocalStatus.CLOSED
+                    self.sessions.ended(session)  # settled now, never reused
                     continue
                 if not self.failover:
                     raise ProviderUnavailable(last_error) from None
@@ -204,17 +230,56 @@ class ChatService:
     async def _attempt(self, session: ConsumerSession, payload: bytes) -> Reply:
         """Wait for a turn on the session, send the prompt, wait for its first chunk.
         The turn is held by the returned ``Reply`` until its ``close()``."""
-        try:
-            async with asyncio.timeout(self.first_token_timeout):
-                await session.turns.acquire()
-        except TimeoutError:
-            raise SessionBusy(f"session {session.session_id} is still answering earlier "
-                              "prompts") from None
+        await self._turn(session)
         try:
             return await self._send(session, payload)
         except BaseException:
             session.turns.release()
             raise
+
+    async def _turn(self, session: ConsumerSession) -> None:
+        """Take a turn on the session, waiting in its queue when all are taken.
+
+        ``turns`` is an ``asyncio.Semaphore``: it wakes waiters first come first served,
+        and a waiter that gives up (timeout, client gone) hands on a turn it was just
+        given. At most ``queue_depth`` wait, each at most ``queue_wait_s``: then
+        ``SessionBusy``, a 429 with Retry-After."""
+        turns, name = session.turns, self._name_of(session)
+        if not turns.locked():
+            await turns.acquire()  # free: does not wait
+            self.metrics.prompt_queue_left(name, 0.0, "served")
+            return
+        sid = session.session_id
+        waiting = self._waiting.get(sid, 0)
+        if waiting >= self.queue_depth or self.queue_wait_s <= 0:
+            self.metrics.prompt_queue_left(name, 0.0, "full")
+            raise SessionBusy(f"session {sid} is answering as many prompts as its provider "
+                              f"allows and {waiting} more wait; retry later")
+        self._wait_count(sid, name, 1)
+        started = time.monotonic()
+        outcome = "served"
+        try:
+            async with asyncio.timeout(self.queue_wait_s):
+                await turns.acquire()
+        except TimeoutError:
+            outcome = "timeout"
+            raise SessionBusy(f"session {sid} is still answering earlier prompts (waited "
+                              f"{self.queue_wait_s:g} s for a turn); retry later") from None
+        except BaseException:
+            outcome = "cancelled"
+            raise
+        finally:
+            self._wait_count(sid, name, -1)
+            self.metrics.prompt_queue_left(name, time.monotonic() - started, outcome)
+
+    def _wait_count(self, session_id: str, name: str, step: int) -> None:
+        for counts, key in ((self._waiting, session_id), (self._queued, name)):
+            left = counts.get(key, 0) + step
+            if left > 0:
+                counts[key] = left
+            else:
+                counts.pop(key, None)
+        self.metrics.prompt_queue_depth(name, self._queued.get(name, 0))
 
     async def _send(self, session: ConsumerSession, payload: bytes) -> Reply:
         client = self.sessions.pool.get(session.endpoint, session.provider)

@@ -8,12 +8,19 @@ origin, 404 unknown model, 402 for insufficient MOR, 429 no capacity,
 ``HTTP_ERRORS`` is the one table from a failure (a domain error of
 ``domain_errors.py``, a MOR-RPC ``ErrorCode``, a chain or transport error) to what
 the client sees; the API's error middleware applies it, so the rest of the
-consumer raises what went wrong and never an HTTP status.
+consumer raises what went wrong and never an HTTP status. A provider's
+``BACKEND_ERROR`` whose data names an OpenAI code (its model server refused the
+request, or is busy) is answered by that code's row of ``BACKEND_REFUSALS`` instead,
+so a prompt over the context is a 400 ``context_length_exceeded`` (which SDKs do not
+retry) rather than a 502. Every "busy, come back" answer (429, and a backend's 503)
+carries ``Retry-After``: the provider's estimate when it sent one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +34,9 @@ from proxy_router.morrpc.errors import ErrorCode, RpcError, RpcUnavailable
 from proxy_router.redact import redact_text
 
 INVALID, API, RATE = "invalid_request_error", "api_error", "rate_limit_error"
+MAX_RETRY_AFTER_S = 60
+"""Longest Retry-After passed on from a provider (the openai SDK ignores longer ones)."""
+_PARAM = re.compile(r"[\w.\[\]-]{1,64}")
 
 
 class ErrorDetail(BaseModel):
@@ -89,10 +99,26 @@ class HttpError:
     headers: Mapping[str, str] = field(default_factory=dict)
     message: Callable[[Any], str] = _text
     log: str | None = None
+    retry_after: int | None = None
+    """Send ``Retry-After``: the provider's ``retryAfter`` (seconds) if it gave one, else
+    this."""
 
     def api_error(self, exc: Exception) -> ApiError:
+        headers = dict(self.headers)
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(_data_int(exc, "retryAfter", 1, MAX_RETRY_AFTER_S)
+                                         or self.retry_after)
         return ApiError(self.status, self.code, self.message(exc), type_=self.type,
-                        param=self.param, headers=self.headers)
+                        param=self.param, headers=headers)
+
+
+def _data_int(exc: Exception, key: str, low: int, high: int) -> int | None:
+    """An integer ``low..high`` from an ``RpcError``'s data (a peer's: checked), or None."""
+    data = exc.data if isinstance(exc, RpcError) else None
+    value = data.get(key) if isinstance(data, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+        return value
+    return None
 
 
 HTTP_ERRORS: dict[type[Exception] | ErrorCode, HttpError] = {
@@ -111,7 +137,7 @@ HTTP_ERRORS: dict[type[Exception] | ErrorCode, HttpError] = {
     d.NoBids: HttpError(503, "no_bids", API),
     d.NoProviderAvailable: HttpError(503, "no_provider_available", API),
     d.ProviderUnavailable: HttpError(503, "provider_unavailable", API),
-    d.SessionBusy: HttpError(429, "session_busy", RATE, headers={"Retry-After": "1"}),
+    d.SessionBusy: HttpError(429, "session_busy", RATE, retry_after=1),
     d.BadProviderResponse: HttpError(502, "bad_provider_response", API),
     # MOR-RPC errors from a provider (or raised here about its answer): the code,
     # lower-cased, is the client's code.
@@ -119,7 +145,7 @@ HTTP_ERRORS: dict[type[Exception] | ErrorCode, HttpError] = {
     ErrorCode.BAD_SIGNATURE: HttpError(502, "bad_signature", API),
     ErrorCode.STALE_MESSAGE: HttpError(502, "stale_message", API),
     ErrorCode.REPLAYED_MESSAGE: HttpError(502, "replayed_message", API),
-    ErrorCode.RATE_LIMITED: HttpError(429, "rate_limited", RATE),
+    ErrorCode.RATE_LIMITED: HttpError(429, "rate_limited", RATE, retry_after=1),
     ErrorCode.UNKNOWN_METHOD: HttpError(502, "unknown_method", API),
     ErrorCode.SESSION_NOT_FOUND: HttpError(404, "session_not_found"),
     ErrorCode.SESSION_CLOSED: HttpError(409, "session_closed"),
@@ -127,10 +153,10 @@ HTTP_ERRORS: dict[type[Exception] | ErrorCode, HttpError] = {
     ErrorCode.NOT_SESSION_USER: HttpError(403, "not_session_user", "permission_error"),
     ErrorCode.WRONG_PROVIDER: HttpError(409, "wrong_provider"),
     ErrorCode.MODEL_NOT_SERVED: HttpError(404, "model_not_served"),
-    ErrorCode.NO_CAPACITY: HttpError(429, "no_capacity", RATE),
-    ErrorCode.SESSION_BUSY: HttpError(429, "session_busy", RATE),
+    ErrorCode.NO_CAPACITY: HttpError(429, "no_capacity", RATE, retry_after=1),
+    ErrorCode.SESSION_BUSY: HttpError(429, "session_busy", RATE, retry_after=1),
     ErrorCode.INSUFFICIENT_FUNDS: HttpError(402, "insufficient_funds", "insufficient_funds"),
-    ErrorCode.TOO_MANY_APPROVALS: HttpError(429, "too_many_approvals", RATE),
+    ErrorCode.TOO_MANY_APPROVALS: HttpError(429, "too_many_approvals", RATE, retry_after=1),
     ErrorCode.PAYLOAD_TOO_LARGE: HttpError(413, "payload_too_large"),
     ErrorCode.BID_NOT_FOUND: HttpError(502, "bid_not_found", API),
     ErrorCode.BACKEND_UNAVAILABLE: HttpError(503, "backend_unavailable", API),
@@ -153,6 +179,32 @@ HTTP_ERRORS: dict[type[Exception] | ErrorCode, HttpError] = {
 }
 
 
+BACKEND_REFUSALS: dict[str, HttpError] = {
+    # A provider's BACKEND_ERROR by its data's ``code``: what its model server said of the
+    # request, as OpenAI says it. The status of an invalid request is the data's 4xx.
+    "context_length_exceeded": HttpError(400, "context_length_exceeded", param="messages"),
+    "invalid_request_error": HttpError(400, "invalid_request_error"),
+    "rate_limit_exceeded": HttpError(429, "rate_limit_exceeded", RATE, retry_after=1),
+    "backend_overloaded": HttpError(503, "backend_overloaded", API, retry_after=1),
+}
+
+
+def _backend_refusal(exc: RpcError) -> HttpError | None:
+    """``BACKEND_REFUSALS``' row for a provider's ``BACKEND_ERROR``, None if its data
+    names no known code (an older provider, or the backend's own failure: a 502)."""
+    data = exc.data if isinstance(exc.data, dict) else {}
+    code = data.get("code")
+    rule = BACKEND_REFUSALS.get(code) if isinstance(code, str) else None
+    if rule is None:
+        return None
+    param = data.get("param")
+    param = param if isinstance(param, str) and _PARAM.fullmatch(param) else rule.param
+    status = _data_int(exc, "status", 400, 499) if rule.code == INVALID else None
+    if status == 429:
+        status = None
+    return dataclasses.replace(rule, status=status or rule.status, param=param)
+
+
 def internal_error() -> ApiError:
     return ApiError(500, "internal_error", "internal error", type_=API)
 
@@ -161,6 +213,10 @@ def rule_for(exc: Exception) -> HttpError | None:
     """The table's row for ``exc`` (its most specific class's; an ``RpcError`` by its
     code, a newer peer's unknown code as a 502), ``None`` for an unexpected error."""
     if isinstance(exc, RpcError):
+        if exc.code == ErrorCode.BACKEND_ERROR and exc.data:
+            refused = _backend_refusal(exc)
+            if refused is not None:
+                return refused
         if isinstance(exc.code, ErrorCode):
             return HTTP_ERRORS[exc.code]
         return HttpError(502, str(exc.code).lower(), API)

@@ -23,7 +23,10 @@ class Verdict(Enum):
     """Nothing a retry elsewhere would fix: the client gets the error."""
 
 
-# NO_CAPACITY and SESSION_BUSY are not here: a 429 for the client, the session stays good.
+# NO_CAPACITY and SESSION_BUSY are not here: a 429 for the client, the session stays good
+# (the provider has queued the prompt as long as it may). Nor is BACKEND_ERROR: the model
+# server answered, refusing the request (a 4xx such as context_length_exceeded: another
+# provider's would too) or asking to come back later (429/503 with Retry-After).
 PROVIDER_FAULT_CODES = frozenset({ErrorCode.BACKEND_UNAVAILABLE, ErrorCode.INTERNAL})
 SESSION_OVER_CODES = frozenset({ErrorCode.SESSION_EXPIRED, ErrorCode.SESSION_CLOSED})
 

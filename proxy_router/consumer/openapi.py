@@ -17,8 +17,15 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from proxy_router import __version__
-from proxy_router.consumer.access import COOKIE, Access, AccessPolicy
+from proxy_router.consumer.access import (
+    COOKIE,
+    REQUEST_ID_HEADER,
+    SESSION_HEADERS,
+    Access,
+    AccessPolicy,
+)
 from proxy_router.consumer.errors import ErrorResponse
+from proxy_router.logs import REQUEST_ID_PATTERN
 
 Media = Literal["json", "html", "text", "file"]
 REF = "#/components/schemas/{model}"
@@ -52,6 +59,34 @@ class Param:
     pattern: str | None = None
 
 
+WEI_PATTERN = r"^[0-9]+$"
+REQUEST_ID_PARAM = {
+    "name": REQUEST_ID_HEADER, "in": "header", "required": False,
+    "description": "your id for this request, echoed in the response and written in the "
+                   "consumer's log lines of it: 1 to 128 of A-Z a-z 0-9 . _ : + / = -; "
+                   "any other value is replaced by a new id (the request is still served)",
+    "schema": {"type": "string"}}
+RESPONSE_HEADERS: dict[str, dict[str, Any]] = {
+    REQUEST_ID_HEADER: {
+        "description": "the client's X-Request-Id when well-formed, else a new req_<hex> "
+                       "id; every log line of the request carries it",
+        "schema": {"type": "string", "pattern": REQUEST_ID_PATTERN}},
+    SESSION_HEADERS[0]: {
+        "description": "the session (32 bytes, hex) this answer was paid from",
+        "schema": {"type": "string", "pattern": ID32_PATTERN}},
+    SESSION_HEADERS[1]: {
+        "description": "its price: MOR wei per second of session, from opening to close",
+        "schema": {"type": "string", "pattern": WEI_PATTERN}},
+    SESSION_HEADERS[2]: {
+        "description": "MOR wei the session has cost so far: its price times the seconds "
+                       "since it opened, when the headers were sent (a stream's first "
+                       "token, a whole answer's end); it keeps growing until the session "
+                       "is closed (Morpheus stake mode: paid by the emission, not the "
+                       "wallet)",
+        "schema": {"type": "string", "pattern": WEI_PATTERN}},
+}
+
+
 @dataclass(frozen=True)
 class Route:
     """One route: how it is served (``handler``, ``access``) and documented."""
@@ -73,6 +108,8 @@ class Route:
     body: type[BaseModel] | None = None
     body_required: bool = True
     params: tuple[Param, ...] = ()
+    headers: tuple[str, ...] = ()
+    """Response headers (of ``RESPONSE_HEADERS``) on success; X-Request-Id is on all."""
     errors: tuple[int, ...] = ()
     extra_responses: dict[int, type[BaseModel]] = field(default_factory=dict)
 
@@ -142,8 +179,7 @@ def _operation(route: Route, ref: Any, schemes: dict[str, Any],
                 "description": p.description,
                 "schema": {"type": "string", **({"pattern": p.pattern} if p.pattern else {})}}
                for p in route.params]
-    if params:
-        op["parameters"] = params
+    op["parameters"] = [*params, REQUEST_ID_PARAM]
     if route.body is not None:
         op["requestBody"] = {"required": route.body_required, "content": {
             "application/json": {"schema": ref(route.body, "validation")}}}
@@ -169,11 +205,19 @@ def _operation(route: Route, ref: Any, schemes: dict[str, Any],
         responses[str(status)] = {"description": STATUS_TEXT[status],
                                   "content": {"application/json": {"schema": ref(
                                       ErrorResponse)}}}
+    for response in responses.values():
+        response["headers"] = {REQUEST_ID_HEADER: _header(REQUEST_ID_HEADER)}
+    responses[str(route.status)]["headers"].update(
+        {name: _header(name) for name in route.headers})
     if 401 in errors:
-        responses["401"]["headers"] = {"WWW-Authenticate": {
-            "description": "the accepted schemes", "schema": {"type": "string"}}}
+        responses["401"]["headers"]["WWW-Authenticate"] = {
+            "description": "the accepted schemes", "schema": {"type": "string"}}
     op["responses"] = responses
     return op
+
+
+def _header(name: str) -> dict[str, Any]:
+    return {"required": True, **RESPONSE_HEADERS[name]}
 
 
 def _content(route: Route, ref: Any) -> dict[str, Any]:

@@ -6,6 +6,10 @@ allowance when needed and call ``openSession``; a provider that refuses or is
 unreachable is skipped for the next-rated bid. Closing is ``settlement.Settler``'s:
 the provider's signed receipt (``session.report``), else our own (a dispute), so
 MOR is never stuck in escrow.
+
+A session is paid by the second from its opening to its close, so the sweeper
+closes it at its end, when a session opened for a chat request has been idle for
+``idle_timeout_s``, and when the provider reports it over before we noticed.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from eth_account.signers.local import LocalAccount
@@ -58,8 +62,30 @@ class LocalStatus(StrEnum):
 
     OPEN = "open"
     CLOSING = "closing"
-    """Dropped by failover; settled (as a dispute) in the background or by the sweeper."""
+    """Not used again; settled in the background, else by the sweeper: as a dispute when
+    failover dropped it, with the provider's receipt when the provider reported it over."""
     CLOSED = "closed"
+
+
+class Turns(asyncio.Semaphore):
+    """A session's prompt slots, counting those taken: a session that is answering is
+    never idle (however long the answer), and its idle time starts when the last ends."""
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+        self.taken = 0
+        self.freed_at = 0.0
+        """When an answer last gave its slot back (``time.time()``; 0: none yet)."""
+
+    async def acquire(self) -> Literal[True]:
+        await super().acquire()
+        self.taken += 1
+        return True
+
+    def release(self) -> None:
+        self.taken -= 1
+        self.freed_at = time.time()
+        super().release()
 
 
 @dataclass
@@ -76,10 +102,24 @@ class ConsumerSession:
     status: LocalStatus = LocalStatus.OPEN
     prompt_limit: int = 1
     """Prompts the provider runs at once on this session (its ``promptsPerSession``)."""
-    turns: asyncio.Semaphore = field(init=False, repr=False, compare=False)
+    price_per_second: int = 0
+    """The bid's price in MOR wei (0 until known for a session loaded from the store)."""
+    auto: bool = True
+    """Opened for a chat request, so closed when idle. One opened through the API lives
+    until it is closed or ends (the user chose its length); one loaded from the store
+    counts as auto (its origin is not stored, and an idle close is the cheaper mistake)."""
+    ended_by_provider: bool = False
+    """The provider reported it over (CLOSING): settle with its receipt, no dispute."""
+    turns: Turns = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.turns = asyncio.Semaphore(self.prompt_limit)
+        self.turns = Turns(self.prompt_limit)
+
+    def cost_so_far(self, now: int) -> int:
+        """MOR wei the provider has earned on it by ``now``: the contract's charge for
+        the seconds since it opened (``Session.cost_so_far``)."""
+        return Session(self.session_id, stake=self.stake, price_per_second=self.price_per_second,
+                       opened_at=self.opened_at, ends_at=self.ends_at).cost_so_far(now)
 
     def row(self) -> dict[str, Any]:
         return {"session_id": self.session_id, "model_id": self.model_id,
@@ -129,6 +169,9 @@ class SessionManager:
         self.last_used: dict[str, float] = {}
         self._open_lock: dict[str, asyncio.Lock] = {}
         self._close_lock: dict[str, asyncio.Lock] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._settling: set[str] = set()
+        """Sessions whose close is under way: no new prompt is sent on them."""
         self.settler = Settler(market, pool, account, clock=lambda: self.index.chain_now(),
                                endpoint_of=self._indexed_endpoint)
         index.subscribe(self._on_event)
@@ -138,6 +181,8 @@ class SessionManager:
         now = time.time()
         for row in await self.store.consumer_sessions(LocalStatus.OPEN.value):
             session = ConsumerSession.from_row(row)
+            bid = self.index.bids.get(session.bid_id)
+            session.price_per_second = bid.price_per_second if bid is not None else 0
             self.sessions[session.session_id] = session
             self.last_used[session.session_id] = now
         try:
@@ -156,6 +201,8 @@ class SessionManager:
             for session_id in ids:
                 known = self.sessions.get(session_id)
                 onchain = await self.market.get_session(session_id)
+                if known is not None and not known.price_per_second:
+                    known.price_per_second = onchain.price_per_second
                 if onchain.closed:
                     if known is not None and known.status is LocalStatus.OPEN:
                         await self._mark_closed(session_id)
@@ -174,19 +221,22 @@ class SessionManager:
         self.last_used[session_id] = time.time()
 
     async def sweep(self) -> None:
-        """Close sessions whose time is up, idle past ``idle_timeout_s``, or dropped by
-        failover whose close failed (e.g. the chain was down): retried every round, so
-        the unused stake is refunded rather than left for the provider to close."""
+        """Close sessions whose time is up, auto-opened ones idle past ``idle_timeout_s``
+        (none while it answers), and those given up (dropped by failover, reported over by
+        the provider) whose close failed, e.g. the chain was down: retried every round,
+        so the unused stake is refunded rather than left for the provider to close."""
         now_chain, now = self.index.chain_now(), time.time()
         for session in list(self.sessions.values()):
             if session.status is LocalStatus.CLOSED:
                 continue
-            idle = now - self.last_used.get(session.session_id, now)
+            idle = now - max(self.last_used.get(session.session_id, now),
+                             session.turns.freed_at)
             if session.status is LocalStatus.CLOSING:
-                reason = "failover"
+                reason = "ended" if session.ended_by_provider else "failover"
             elif now_chain >= session.ends_at:
                 reason = "expired"
-            elif self.idle_timeout_s and idle >= self.idle_timeout_s:
+            elif (session.auto and self.idle_timeout_s and not session.turns.taken
+                  and idle >= self.idle_timeout_s):
                 reason = "idle"
             else:
                 continue
@@ -201,11 +251,12 @@ class SessionManager:
                             error=str(exc))
 
     async def _on_event(self, event: MarketEvent) -> None:
-        """A session closed on chain by the provider is noticed here."""
+        """A session closed on chain by the provider is noticed here (one we were still
+        closing too: its close would only fail, and the store must stop listing it open)."""
         if event.name != "SessionClosed" or event.session_id is None:
             return
         session = self.sessions.get(event.session_id)
-        if session is not None and session.status is LocalStatus.OPEN:
+        if session is not None and session.status is not LocalStatus.CLOSED:
             session.status = LocalStatus.CLOSED
             await self.store.set_consumer_session_status(session.session_id,
                                                          LocalStatus.CLOSED.value)
@@ -232,7 +283,8 @@ class SessionManager:
         now = self.index.chain_now()
         usable = [s for s in self.sessions.values()
                   if s.status is LocalStatus.OPEN and s.model_id.lower() == model_id.lower()
-                  and s.ends_at - now > END_MARGIN_S and s.provider.lower() not in exclude]
+                  and s.ends_at - now > END_MARGIN_S and s.provider.lower() not in exclude
+                  and s.session_id not in self._settling]
         return max(usable, key=lambda s: s.ends_at) if usable else None
 
     async def session_for_model(self, model_id: str, duration: int,
@@ -244,18 +296,20 @@ class SessionManager:
             existing = self.current(model_id, exclude)
             if existing is not None:
                 return existing
-            return await self.open_for_model(model_id, duration, exclude)
+            return await self.open_for_model(model_id, duration, exclude, auto=True)
 
     async def open_for_model(self, model_id: str, duration: int,
-                             exclude: set[str] = frozenset()  # type: ignore[assignment]
-                             ) -> ConsumerSession:
+                             exclude: set[str] = frozenset(),  # type: ignore[assignment]
+                             *, auto: bool = False) -> ConsumerSession:
+        """Open a session on the model's best-rated bid whose provider agrees; ``auto``:
+        for a chat request (closed when idle), else the API's (lives until closed)."""
         rated = await self.rated_bids(model_id, exclude)
         if not rated:
             raise NoBids(f"no active bid for model {model_id} (from an allowed provider)")
         reasons = []
         for candidate in rated:
             try:
-                return await self.open_for_bid(candidate.bid, duration)
+                return await self.open_for_bid(candidate.bid, duration, auto=auto)
             except (RpcError, RpcUnavailable) as exc:
                 reasons.append(f"{candidate.bid.provider}: {exc}")
                 log.warning("provider_refused_session", provider=candidate.bid.provider,
@@ -269,7 +323,8 @@ class SessionManager:
             raise BidNotFound(f"bid {bid_id} does not exist")
         return bid
 
-    async def open_for_bid(self, bid: Bid, duration: int) -> ConsumerSession:
+    async def open_for_bid(self, bid: Bid, duration: int, *, auto: bool = False
+                           ) -> ConsumerSession:
         bid_id = bid.id
         if bid.deleted_at:
             raise BidNotActive(f"bid {bid_id} is not active")
@@ -297,7 +352,8 @@ class SessionManager:
             session_id=session_id.lower(), model_id=bid.model_id.lower(), bid_id=bid_id,
             provider=provider, endpoint=endpoint, key=key, stake=stake,
             opened_at=onchain.opened_at, ends_at=onchain.ends_at,
-            prompt_limit=limit if isinstance(limit, int) and 1 <= limit <= 1024 else 1)
+            prompt_limit=limit if isinstance(limit, int) and 1 <= limit <= 1024 else 1,
+            price_per_second=onchain.price_per_second or price, auto=auto)
         await self.store.add_consumer_session(session.row())
         self.sessions[session.session_id] = session
         self.touch(session.session_id)
@@ -343,7 +399,11 @@ class SessionManager:
         session_id = session_id.lower()
         lock = self._close_lock.setdefault(session_id, asyncio.Lock())
         async with lock:  # the sweeper and a user's close must not both send a tx
-            return await self._close(session_id, dispute)
+            self._settling.add(session_id)
+            try:
+                return await self._close(session_id, dispute)
+            finally:
+                self._settling.discard(session_id)
 
     async def chain_session(self, session_id: str) -> Session:
         """The session as the contract sees it; ``SessionNotFound`` if there is none."""
@@ -370,6 +430,31 @@ class SessionManager:
         if session is not None:
             session.status = LocalStatus.CLOSED
         await self.store.set_consumer_session_status(session_id, LocalStatus.CLOSED.value, tx)
+
+    def ended(self, session: ConsumerSession) -> None:
+        """The provider reports the session over (``SESSION_EXPIRED``, ``SESSION_CLOSED``:
+        its clock or index ran ahead of ours). Never use it again and settle it now, with
+        the provider's receipt: left open, its stake would stay in escrow and
+        ``/blockchain/sessions`` would list it open for good. The sweeper retries a
+        close that fails; one the provider already made only marks it closed."""
+        if session.status is not LocalStatus.OPEN:
+            return
+        session.status = LocalStatus.CLOSING
+        session.ended_by_provider = True
+        task = asyncio.create_task(self._close_ended(session))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _close_ended(self, session: ConsumerSession) -> None:
+        try:
+            await self.store.set_consumer_session_status(session.session_id,
+                                                         LocalStatus.CLOSING.value)
+            await self.close(session.session_id)
+        except SessionClosed:
+            pass  # the provider settled it first: now marked closed
+        except (ConsumerError, ChainError) as exc:
+            log.warning("ended_session_close_failed", session=session.session_id,
+                        error=str(exc))
 
     async def discard(self, session: ConsumerSession) -> None:
         """Stop using a failed provider's session and settle it as a dispute (refund the

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import inspect
 import json
@@ -78,6 +79,9 @@ _MAX_CREDIT = STREAM_WINDOW * 64
 _STALLED_BUFFER_BYTES = 256 * 1024
 """Unsent bytes on a socket above which its reader counts as stalled."""
 OK = "OK"
+PEER_GONE = "PEER_GONE"
+CANCELLED = "CANCELLED"
+"""The observer's code for a request its consumer cancelled (``rpc.cancel``)."""
 
 
 class RpcObserver(Protocol):
@@ -160,6 +164,8 @@ class _Inflight:
     sender: str
     credits: _Credits | None
     task: asyncio.Task[None] | None = None
+    cancelled: bool = False
+    """The requester sent ``rpc.cancel`` (else a cancelled task lost its connection)."""
 
 
 class _Connection:
@@ -375,16 +381,22 @@ class RpcServer:
         if unary is not None:
             entry = _Inflight(ctx.sender, None)
             entry.task = asyncio.create_task(self._run_unary(conn, unary, ctx))
-            return entry
-        streamer = self._streams.get(ctx.method)
-        if streamer is None:
-            raise RpcError(ErrorCode.UNKNOWN_METHOD, f"unknown method {ctx.method!r}")
-        entry = _Inflight(ctx.sender, _Credits(STREAM_WINDOW))
-        entry.task = asyncio.create_task(self._run_stream(conn, streamer, ctx, entry))
+        else:
+            streamer = self._streams.get(ctx.method)
+            if streamer is None:
+                raise RpcError(ErrorCode.UNKNOWN_METHOD, f"unknown method {ctx.method!r}")
+            entry = _Inflight(ctx.sender, _Credits(STREAM_WINDOW))
+            entry.task = asyncio.create_task(self._run_stream(conn, streamer, ctx, entry))
+        # A task cancelled before its first step never runs its own clean-up.
+        entry.task.add_done_callback(functools.partial(_forget, conn, ctx.request_id, entry))
         return entry
 
     def _on_notification(self, conn: _Connection, ctx: RequestContext) -> None:
-        """``rpc.credit {id, n}`` and ``rpc.cancel {id}``, honoured only from the requester."""
+        """``rpc.credit {id, n}`` and ``rpc.cancel {id}``, honoured only from the requester.
+
+        A cancel cancels the request's task now: a handler's clean-up (its backend request
+        closed, its slot freed) runs before the next frame's handler does, as that one's
+        task is scheduled after this cancellation."""
         rid = ctx.params.get("id")
         target = conn.inflight.get(rid) if is_request_id(rid) else None
         if target is None or target.sender != ctx.sender:
@@ -394,6 +406,7 @@ class RpcServer:
             if target.credits is not None and isinstance(n, int) and 0 < n <= _MAX_CREDIT:
                 target.credits.grant(n)
         elif ctx.method == CANCEL and target.task is not None:
+            target.cancelled = True
             target.task.cancel()
 
     # -- running handlers ---------------------------------------------------------------------
@@ -454,6 +467,9 @@ class RpcServer:
         except _PeerGone:
             self._observe(ctx.method, None, started)
             return  # our socket is gone; nobody to tell (a handler's ConnectionError is not this)
+        except asyncio.CancelledError:  # the consumer cancelled, or its socket closed
+            self._observe(ctx.method, None, started, CANCELLED if entry.cancelled else None)
+            raise
         except RpcError as exc:
             data = {**(exc.data or {}), "chunks": seq}
             frame = error_frame(rid, RpcError(exc.code, exc.message, data), ctx.nonce)
@@ -466,11 +482,18 @@ class RpcServer:
         self._observe(ctx.method, frame, started)
         await _send_final(conn, frame, ctx)
 
-    def _observe(self, method: str, frame: dict[str, Any] | None, started: float) -> None:
+    def _observe(self, method: str, frame: dict[str, Any] | None, started: float,
+                 code: str | None = None) -> None:
         if self.observer is not None:
-            code = "PEER_GONE" if frame is None else (
-                str(frame["error"]["code"]) if "error" in frame else OK)
+            if code is None:
+                code = PEER_GONE if frame is None else (
+                    str(frame["error"]["code"]) if "error" in frame else OK)
             self.observer.rpc_done(method, code, time.perf_counter() - started)
+
+
+def _forget(conn: _Connection, rid: RequestId, entry: _Inflight, _task: object) -> None:
+    if conn.inflight.get(rid) is entry:
+        del conn.inflight[rid]
 
 
 async def _send_final(conn: _Connection, frame: dict[str, Any], ctx: RequestContext) -> None:

@@ -4,17 +4,27 @@ This sits on the per-chunk hot path: the stream is read with `readany()`, decode
 `SSEDecoder` and forwarded as raw event payloads in batches, and one
 `aiohttp.ClientSession` is reused so prompts ride kept-alive connections. Failures are
 classified so the provider can tell the consumer *why*: the backend is unreachable, it
-refused the request, or the stream broke after it had started.
+refused the request, or the stream broke after it had started. A refusal is classified
+further (``BackendError.refusal``) so a client gets OpenAI's status and code for it, and a
+message of ours (``BackendError.client_message``): backend texts can quote file paths
+and URLs (llama-cpp-python puts a traceback in its 500s), so they stay in our log.
+
+A request the provider stops (its task cancelled, its stream closed) closes its
+connection rather than returning it to the pool: the server sees the client go and stops
+generating, and ``on_abort`` is told. Token counts a stream did not report are asked of
+the backend (``prompt_tokens``, ``count_tokens``): see ``provider.usage``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
+import re
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
@@ -35,6 +45,10 @@ MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 """Largest non-stream completion read from a backend."""
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_BATCH_BYTES = 64 * 1024  # one sealed chunk of raw events (frames are capped at 8 MiB)
+COUNT_TIMEOUT_S = 5.0
+"""Longest wait for a token count asked after the answer (it delays the stream's trailer)."""
+_PROBE_DROPPED = frozenset({"stream", "stream_options", "max_completion_tokens", "n",
+                            "logprobs", "top_logprobs"})
 
 
 class BackendFailure(Exception):
@@ -49,13 +63,193 @@ class BackendUnavailable(BackendFailure):
         super().__init__(f"backend unavailable: {reason}")
 
 
-class BackendError(BackendFailure):
-    """The backend answered with an error (non-2xx, or an error object in the stream)."""
+Refusal = Literal["context_length_exceeded", "invalid_request_error", "rate_limit_exceeded",
+                  "backend_overloaded", "failed"]
+"""Whose problem a backend's error is: the request's (too long for the context, or
+otherwise invalid), a "busy, come back later" (429, 503), or the backend's own (failed)."""
 
-    def __init__(self, status: int, message: str) -> None:
+PROVIDER_SIDE_4XX = frozenset({401, 403, 404, 407, 408})
+"""4xx statuses about the provider's set-up (its API key, model name, proxy, network),
+not about the client's request: those are the backend failing, not a refusal."""
+RETRY_AFTER_S = 1
+"""Retry-After for a busy backend that named no time."""
+MAX_RETRY_AFTER_S = 60
+"""Longest Retry-After passed on: the openai SDK ignores longer ones, and so do we."""
+
+_CONTEXT_TEXT = re.compile(
+    r"maximum context length|context window of|exceeds? the (?:available )?context"
+    r"|context_length_exceeded", re.IGNORECASE)
+_CONTEXT_SIZE = re.compile(r"(?:maximum context length is|context window of) (\d+)",
+                           re.IGNORECASE)
+_PROMPT_SIZE = re.compile(r"(\d+) in the messages|requested tokens \((\d+)\)", re.IGNORECASE)
+_VALIDATION_TEXT = re.compile(r"^\d+ validation errors?:", re.IGNORECASE)
+"""llama-cpp-python answers an invalid body with HTTP 500 and pydantic's error text."""
+_PYDANTIC_ITEM = re.compile(
+    r"'loc': \(([^)]*)\), 'msg': (?:'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\")")
+_URL_OR_PATH = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+|(?<![\w.])(?:[A-Za-z]:)?[\\/][\w.\-\\/]+"
+                          r"|\b\w+\.py\b", re.IGNORECASE)
+_MAX_ITEMS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorBody:
+    """What an error body says, as far as it says it (OpenAI, FastAPI or plain text)."""
+
+    message: str
+    code: str | None = None
+    type: str | None = None
+    param: str | None = None
+    problems: tuple[tuple[str, str], ...] = ()
+    """Validation problems as (field path, pydantic message), when the body lists them."""
+    context_size: int | None = None
+    prompt_tokens: int | None = None
+
+
+class BackendError(BackendFailure):
+    """The backend answered with an error (non-2xx, or an error object in the stream).
+
+    ``message`` is the backend's own text (for our log); ``client_message`` what a peer
+    may be told."""
+
+    def __init__(self, status: int, message: str, *, body: ErrorBody | None = None,
+                 retry_after: float | None = None) -> None:
         self.status = status
         self.message = message
+        self.body = body or ErrorBody(message)
+        self.retry_after = retry_after
         super().__init__(f"backend error {status}: {message}")
+
+    @property
+    def refusal(self) -> Refusal:
+        status, body = self.status, self.body
+        if status == 429:
+            return "rate_limit_exceeded"
+        if status == 503:
+            return "backend_overloaded"
+        if status < 400 or status in PROVIDER_SIDE_4XX:
+            return "failed"
+        if (body.code == "context_length_exceeded" or body.type == "exceed_context_size_error"
+                or _CONTEXT_TEXT.search(self.message)):
+            return "context_length_exceeded"
+        if status < 500 or (status == 500 and _VALIDATION_TEXT.match(self.message)):
+            return "invalid_request_error"
+        return "failed"
+
+    @property
+    def client_status(self) -> int:
+        """The HTTP status a client gets for a refusal: a 4xx stays the backend's own; a
+        request refused with a 5xx (llama-cpp-python's validation errors) is a 400."""
+        refusal = self.refusal
+        if refusal in ("rate_limit_exceeded", "backend_overloaded"):
+            return self.status
+        return self.status if 400 <= self.status < 500 else 400
+
+    def retry_after_s(self) -> int:
+        """Whole seconds a busy backend asked for (1 .. 60), ``RETRY_AFTER_S`` if none."""
+        if self.retry_after is None or not math.isfinite(self.retry_after):
+            return RETRY_AFTER_S
+        return min(max(math.ceil(self.retry_after), 1), MAX_RETRY_AFTER_S)
+
+    @property
+    def client_message(self) -> str:
+        """Our words for the refusal, with the facts the body gave (sizes, fields); no
+        backend text, so no path or URL, can reach a client."""
+        refusal, body = self.refusal, self.body
+        if refusal == "context_length_exceeded":
+            return _context_message(body)
+        if refusal == "invalid_request_error":
+            if body.problems:
+                return "the model server refused the request: " + _problems_text(body.problems)
+            where = f"; param: {body.param}" if body.param else ""
+            return f"the model server refused the request (HTTP {self.status}{where})"
+        if refusal == "rate_limit_exceeded":
+            return (f"the model server is rate limited; retry after {self.retry_after_s()} s")
+        if refusal == "backend_overloaded":
+            return (f"the model server is overloaded or not ready; retry after "
+                    f"{self.retry_after_s()} s")
+        return f"the model server refused the request (HTTP {self.status})"
+
+
+def _context_message(body: ErrorBody) -> str:
+    need = f" ({body.prompt_tokens} tokens)" if body.prompt_tokens else ""
+    fit = (f"This model's maximum context length is {body.context_size} tokens, and the "
+           f"messages{need} do not fit in it." if body.context_size else
+           f"The messages{need} are longer than this model's context window.")
+    return fit + " Shorten the messages or start a new conversation."
+
+
+def _problems_text(problems: tuple[tuple[str, str], ...]) -> str:
+    """``field: message`` per field (messages of one field joined), at most a few."""
+    by_field: dict[str, list[str]] = {}
+    for where, what in problems:
+        seen = by_field.setdefault(where, [])
+        if what not in seen:
+            seen.append(what)
+    parts = [f"{where}: {' or '.join(whats)}" if where else " or ".join(whats)
+             for where, whats in list(by_field.items())[:_MAX_ITEMS]]
+    more = len(by_field) - _MAX_ITEMS
+    text = "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+    return _scrub(text)
+
+
+def _scrub(text: str) -> str:
+    """Paths and URLs out, one line, capped: for the little of a backend's text we show."""
+    return _URL_OR_PATH.sub("…", " ".join(text.split()))[:_MAX_ERROR_TEXT]
+
+
+def _field_path(loc: Any) -> str:
+    """A pydantic ``loc`` as ``messages.0.role``: no ``body`` prefix and no model class
+    names (a union's members are named in it, e.g. ``ChatCompletionRequestUserMessage``)."""
+    parts = [str(p).strip().strip("'\"") for p in loc] if isinstance(loc, list | tuple) else []
+    kept = [p for p in parts if p and p != "body" and not re.fullmatch(r"[A-Z][A-Za-z0-9]+", p)
+            and "[" not in p]
+    return ".".join(kept)
+
+
+def _problems_in(doc: JSON | None, text: str) -> tuple[tuple[str, str], ...]:
+    """Validation problems: FastAPI's ``detail`` list, or pydantic's text (llama-cpp-python)."""
+    detail = doc.get("detail") if doc is not None else None
+    if isinstance(detail, list):
+        return tuple((_field_path(item.get("loc")), str(item.get("msg")))
+                     for item in detail if isinstance(item, dict) and item.get("msg"))
+    if _VALIDATION_TEXT.match(text):
+        return tuple((_field_path(loc.split(",")), single or double)
+                     for loc, single, double in _PYDANTIC_ITEM.findall(text))
+    return ()
+
+
+def parse_error_body(raw: bytes, fallback: str) -> ErrorBody:
+    """Read an error body (OpenAI, FastAPI, llama.cpp or plain text) into an ``ErrorBody``."""
+    try:
+        doc = bounded_json.loads(raw, max_bytes=_MAX_ERROR_BODY)
+    except ValueError:
+        doc = None
+    doc = doc if isinstance(doc, dict) else None
+    message = _message_in(doc) if doc is not None else None
+    if message is None:
+        message = raw.decode("utf-8", "replace").strip()[:_MAX_ERROR_TEXT] or fallback
+    return _error_body(message, doc, doc.get("error") if doc is not None else None)
+
+
+def _error_body(message: str, doc: JSON | None, err: Any) -> ErrorBody:
+    err = err if isinstance(err, dict) else {}
+    code = err.get("code")
+    kind, param = err.get("type"), err.get("param")
+    size = err.get("n_ctx")
+    prompt = err.get("n_prompt_tokens")
+    size_match = _CONTEXT_SIZE.search(message)
+    prompt_match = _PROMPT_SIZE.search(message)
+    return ErrorBody(
+        message=message,
+        code=code if isinstance(code, str) else None,
+        type=kind if isinstance(kind, str) else None,
+        param=param if isinstance(param, str) and re.fullmatch(r"[\w.\[\]-]{1,64}", param)
+        else None,
+        problems=_problems_in(doc, message),
+        context_size=size if isinstance(size, int) else
+        int(size_match.group(1)) if size_match else None,
+        prompt_tokens=prompt if isinstance(prompt, int) else
+        int(prompt_match.group(1) or prompt_match.group(2)) if prompt_match else None)
 
 
 class BackendStreamBroken(BackendFailure):
@@ -78,14 +272,15 @@ class BackendTimeouts:
 
 def extract_error_message(raw: bytes, fallback: str) -> str:
     """Pull the human message out of an error body (OpenAI, FastAPI or plain text)."""
+    return parse_error_body(raw, fallback).message
+
+
+def _retry_after(value: str | None) -> float | None:
+    """A Retry-After header in seconds (the HTTP-date form is rare from model servers)."""
     try:
-        doc = bounded_json.loads(raw, max_bytes=_MAX_ERROR_BODY)
+        return float(value) if value is not None else None
     except ValueError:
-        doc = None
-    message = _message_in(doc) if isinstance(doc, dict) else None
-    if message is not None:
-        return message
-    return raw.decode("utf-8", "replace").strip()[:_MAX_ERROR_TEXT] or fallback
+        return None
 
 
 def _message_in(doc: JSON) -> str | None:
@@ -111,7 +306,8 @@ def _stream_error(event: JSON) -> BackendError | None:
     if isinstance(err, dict):
         code = err.get("code")
         status = code if isinstance(code, int) and 400 <= code <= 599 else 500
-        return BackendError(status, str(err.get("message") or err))
+        message = str(err.get("message") or err)
+        return BackendError(status, message, body=_error_body(message, event, err))
     return BackendError(500, str(err))
 
 
@@ -141,14 +337,24 @@ class OpenAIBackend:
         session: aiohttp.ClientSession,
         api_key: str | None = None,
         timeouts: BackendTimeouts | None = None,
+        on_abort: Callable[[], None] | None = None,
     ) -> None:
+        """``on_abort``: called once per request closed before its reply's end."""
         base = api_url.rstrip("/")
         if base.endswith("/chat/completions"):
             base = base[: -len("/chat/completions")]
         self.base_url = base
         self.model_name = model_name
         self.timeouts = timeouts or BackendTimeouts()
+        self.on_abort = on_abort
         self._url = base + "/chat/completions"
+        # llama-cpp-python serves its tokenizer beside /v1, not under it
+        root = base[: -len("/v1")] if base.endswith("/v1") else base
+        self._count_url = root + "/extras/tokenize/count"
+        self._count_offset: int | None = None
+        """What the tokenizer counts for "" (a BOS token, or 0); None: not learnt yet."""
+        self.tokenizer: bool | None = None
+        """Whether the backend has llama-cpp-python's tokenizer endpoint (None: untried)."""
         self._session = session
         self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         if api_key:
@@ -189,7 +395,9 @@ class OpenAIBackend:
                 raw = b""
             finally:
                 resp.release()
-            raise BackendError(resp.status, extract_error_message(raw, resp.reason or "error"))
+            body = parse_error_body(raw, resp.reason or "error")
+            raise BackendError(resp.status, body.message, body=body,
+                               retry_after=_retry_after(resp.headers.get("Retry-After")))
         return resp
 
     async def stream_events(
@@ -203,15 +411,23 @@ class OpenAIBackend:
         each event as it is decoded.
 
         Raises BackendUnavailable before the first event, BackendError for error
-        replies (after yielding the events before the error), BackendStreamBroken if
-        the stream breaks or ends without `[DONE]` or a finish_reason.
-        Closing the generator early closes the connection, which stops generation.
+        replies (after yielding the events before the error; also for a stream that
+        ends before its first event when the same request unstreamed is refused, see
+        `_refusal_behind`), BackendStreamBroken if the stream breaks or ends without
+        `[DONE]` or a finish_reason.
+        Closing the generator early (or cancelling its reader) closes the connection,
+        which stops generation, and counts as an abort unless the reply was complete.
         """
         started = time.monotonic()
-        resp = await self._open_stream(body)
+        try:
+            resp = await self._open_stream(body)
+        except asyncio.CancelledError:  # aiohttp closes a connection it was cancelled on
+            self._aborted()
+            raise
         decoder = SSEDecoder()
         events = _EventBatcher(meter)
         clean = False
+        ended: BackendStreamBroken | None = None  # ended, or cut, before any event
         try:
             payloads: list[bytes] | None = await self._first_payloads(decoder, resp, started)
             # The rest runs under aiohttp's total timeout.
@@ -220,8 +436,11 @@ class OpenAIBackend:
                     yield batch
                 payloads = await _next_payloads(decoder, resp.content)
             if not decoder.done and not events.finished:
-                raise BackendStreamBroken("stream ended without [DONE]", events.chunks)
-            clean = await _drain(resp.content)
+                if events.chunks:
+                    raise BackendStreamBroken("stream ended without [DONE]", events.chunks)
+                ended = BackendStreamBroken("stream ended without [DONE]", 0)
+            else:
+                clean = await _drain(resp.content)
         except SSEProtocolError as exc:
             raise BackendStreamBroken(str(exc), events.chunks) from None
         except TimeoutError:
@@ -229,12 +448,49 @@ class OpenAIBackend:
                 f"total timeout of {self.timeouts.total:g} s exceeded", events.chunks
             ) from None
         except aiohttp.ClientError as exc:
-            raise BackendStreamBroken(f"{type(exc).__name__}: {exc}", events.chunks) from None
+            broken = BackendStreamBroken(f"{type(exc).__name__}: {exc}", events.chunks)
+            if events.chunks:
+                raise broken from None
+            ended = broken
+        except (asyncio.CancelledError, GeneratorExit):
+            if not (decoder.done or events.finished):
+                self._aborted()
+            raise
         finally:
             if clean:
                 resp.release()
             else:
                 resp.close()
+        if ended is not None:
+            raise await self._refusal_behind(body, ended)
+
+    async def _refusal_behind(self, body: Mapping[str, Any], ended: BackendStreamBroken
+                              ) -> BackendFailure:
+        """Why a stream ended before its first event: the refusal the same request gets
+        unstreamed, else ``ended``.
+
+        llama-cpp-python answers a streamed request it refuses (a prompt over the
+        context) with 200 and an empty stream; unstreamed, the same request gets its
+        400 ``context_length_exceeded``. So ask that way, for one token: a refused
+        request costs the backend nothing, and this runs only on this failure path.
+        Asked twice at most: the empty stream's connection went back to the pool at its
+        end, and the server closes it (its handler raised), so the first ask may meet
+        it closed; the second goes on a new connection."""
+        probe = {k: v for k, v in body.items()
+                 if k not in ("max_completion_tokens", "stream_options")}
+        probe["max_tokens"] = 1
+        for _ in range(2):
+            try:
+                async with asyncio.timeout(self.timeouts.first_token):
+                    await self.complete_chat(probe)
+            except BackendError as exc:
+                return exc if exc.refusal != "failed" else ended
+            except BackendUnavailable:
+                continue
+            except (BackendFailure, TimeoutError):
+                pass
+            break
+        return ended
 
     async def _open_stream(self, body: Mapping[str, Any]) -> aiohttp.ClientResponse:
         """POST the streamed request; its headers must come within the first-token deadline."""
@@ -266,11 +522,26 @@ class OpenAIBackend:
                 f"no first token within {deadline:g} s from {self._url}"
             ) from None
 
+    def _aborted(self) -> None:
+        if self.on_abort is not None:
+            self.on_abort()
+
     async def complete_chat(self, body: Mapping[str, Any]) -> JSON:
-        """Return a non-stream chat completion (OpenAI `chat.completion` object)."""
-        resp = await self._post(self._payload(body, stream=False), "the completion")
+        """Return a non-stream chat completion (OpenAI `chat.completion` object).
+
+        Cancelled, it closes the connection (an abort); llama-cpp-python still finishes
+        a non-stream generation it has started, as it never looks at the connection."""
+        try:
+            resp = await self._post(self._payload(body, stream=False), "the completion")
+        except asyncio.CancelledError:
+            self._aborted()
+            raise
         try:
             raw = await read_capped(resp.content, MAX_RESPONSE_BYTES)
+        except asyncio.CancelledError:
+            resp.close()
+            self._aborted()
+            raise
         except BackendError:
             resp.close()
             raise
@@ -293,6 +564,59 @@ class OpenAIBackend:
         if err is not None:
             raise err
         return doc
+
+    async def prompt_tokens(self, body: Mapping[str, Any]) -> int | None:
+        """The backend's own prompt count for ``body``, for a stream that reported none:
+        the usage of the same request unstreamed for one token (None if it has none).
+
+        A tokenizer endpoint cannot do this: it counts the text it is given, while the
+        prompt is the messages rendered by the model's chat template, which only the
+        server knows (SmolLM2: 6 tokens of text, 36 in the prompt). The server has just
+        evaluated this prompt, so its prefix cache makes the one token cheap."""
+        probe = {k: v for k, v in body.items() if k not in _PROBE_DROPPED}
+        probe["max_tokens"] = 1
+        try:
+            async with asyncio.timeout(COUNT_TIMEOUT_S):
+                reply = await self.complete_chat(probe)
+        except (BackendFailure, TimeoutError):
+            return None
+        usage = reply.get("usage")
+        count = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        return count if isinstance(count, int) and count >= 0 else None
+
+    async def count_tokens(self, text: str) -> int | None:
+        """Tokens of ``text`` by the backend's tokenizer (llama-cpp-python's
+        ``/extras/tokenize/count``), without the BOS token it adds; None when the backend
+        has no such endpoint (remembered) or it fails."""
+        if self.tokenizer is False:
+            return None
+        if self._count_offset is None:
+            offset = await self._count("")
+            if offset is None:
+                return None
+            self._count_offset = offset
+        count = await self._count(text)
+        return None if count is None else max(0, count - self._count_offset)
+
+    async def _count(self, text: str) -> int | None:
+        payload = json.dumps({"input": text, "model": self.model_name}).encode()
+        try:
+            async with asyncio.timeout(COUNT_TIMEOUT_S), self._session.post(
+                    self._count_url, data=payload, headers=self._headers) as resp:
+                if resp.status in (404, 405):
+                    self.tokenizer = False
+                    return None
+                if resp.status != 200:
+                    return None
+                doc = bounded_json.loads(await read_capped(resp.content, _MAX_ERROR_BODY),
+                                         max_bytes=_MAX_ERROR_BODY)
+        except (aiohttp.ClientError, TimeoutError, ValueError, BackendError):
+            return None
+        count = doc.get("count") if isinstance(doc, dict) else None
+        if not isinstance(count, int) or count < 0:
+            return None
+        self.tokenizer = True
+        return count
 
 
 async def _drain(content: aiohttp.StreamReader) -> bool:

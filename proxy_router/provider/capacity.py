@@ -10,29 +10,63 @@ Two limits share each model's `concurrentSlots`:
   approvals outstanding (bounded per requester, see `approvals.py`); the prompt
   limit below is what protects the backend, and it is hard.
 - **Prompts.** At most N prompts stream at once per model, and at most
-  `prompts_per_session` per session, so one cheap session cannot hold every slot;
-  the next one fails fast (`NoCapacity`, `SessionBusy`) instead of queueing.
+  `prompts_per_session` per session (those waiting included), so one cheap session
+  cannot hold every slot: its next prompt fails fast (`SessionBusy`).
+
+A prompt that finds every slot of its model busy waits for one in the model's FIFO
+(a burst of requests is served in turn, not refused): at most `queue_depth` wait, each
+at most `queue_wait_s`, then `NoCapacity` with a Retry-After estimate. A slot freed is
+handed to the first waiter at once, so a newcomer never overtakes the queue; a waiter
+that gives up (its client went away) leaves its place to the next.
 
 Single event loop, no awaits inside the bookkeeping: every method is atomic.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import math
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Literal, Protocol
 
 from proxy_router.provider.models_config import normalize_model_id
 
+QUEUE_DEPTH = 32
+"""Prompts of one model that may wait for a slot (the ``PROMPT_QUEUE_DEPTH`` default)."""
+QUEUE_WAIT_S = 30.0
+"""Longest wait for a slot (``PROMPT_QUEUE_WAIT_S``), below the consumers' default
+first-token timeout (60 s): a consumer must not take a queued prompt for a dead provider."""
+_MAX_RETRY_AFTER_S = 60
+_HOLD_WEIGHT = 0.2  # of the newest prompt in the moving average of how long one holds a slot
+
+QueueOutcome = Literal["served", "full", "timeout", "cancelled"]
+"""How a prompt left the queue: got a slot (``served``, also when one was free at once),
+found the queue full, waited its longest, or its caller gave up."""
+
+
+class QueueObserver(Protocol):
+    """Told about the queue (the metrics); called inside the bookkeeping, so cheap."""
+
+    def queue_depth(self, model_id: str, depth: int) -> None: ...
+
+    def queue_left(self, model_id: str, waited_s: float, outcome: QueueOutcome) -> None: ...
+
 
 class NoCapacity(Exception):
-    """All slots of the model are taken."""
+    """All slots of the model are taken (and, for prompts, its queue is full or the wait
+    ran out); ``retry_after_s`` estimates when one frees."""
 
-    def __init__(self, model_id: str, slots: int, what: str) -> None:
+    def __init__(self, model_id: str, slots: int, what: str, detail: str = "",
+                 retry_after_s: int = 1) -> None:
         self.model_id = model_id
         self.slots = slots
-        super().__init__(f"no free {what} slot for model {model_id} ({slots} slots)")
+        self.retry_after_s = retry_after_s
+        super().__init__(f"no free {what} slot for model {model_id} ({slots} slots{detail})")
 
 
 class SessionBusy(Exception):
@@ -57,12 +91,22 @@ class _ModelState:
     slots: int
     sessions: dict[str, float] = field(default_factory=dict)  # session id -> endsAt
     prompts: int = 0
+    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+    """Prompts waiting for a slot, first come first served (a granted or abandoned
+    future leaves at once)."""
+    hold_s: float = 1.0
+    """Moving average of how long a prompt holds a slot (for Retry-After)."""
+
+    def retry_after_s(self) -> int:
+        """Seconds until the queue, as it stands, has likely moved by one place."""
+        estimate = self.hold_s * (len(self.waiters) + 1) / self.slots
+        return min(max(math.ceil(estimate), 1), _MAX_RETRY_AFTER_S)
 
 
 class PromptSlot:
     """`async with` guard holding one prompt slot; a class, not a generator, to stay cheap."""
 
-    __slots__ = ("_manager", "_model_id", "_session_id", "_state")
+    __slots__ = ("_held_since", "_manager", "_model_id", "_session_id", "_state")
 
     def __init__(self, manager: CapacityManager, model_id: str, state: _ModelState,
                  session_id: str | None) -> None:
@@ -70,18 +114,22 @@ class PromptSlot:
         self._model_id = model_id
         self._state = state
         self._session_id = session_id
+        self._held_since = 0.0
 
     async def __aenter__(self) -> None:
-        state = self._state
+        manager = self._manager
         sid = self._session_id
-        per_session = self._manager.session_prompts
-        if sid is not None and per_session.get(sid, 0) >= self._manager.prompts_per_session:
-            raise SessionBusy(sid, self._manager.prompts_per_session)
-        if state.prompts >= state.slots:
-            raise NoCapacity(self._model_id, state.slots, "prompt")
-        state.prompts += 1
+        per_session = manager.session_prompts
         if sid is not None:
-            per_session[sid] = per_session.get(sid, 0) + 1
+            if per_session.get(sid, 0) >= manager.prompts_per_session:
+                raise SessionBusy(sid, manager.prompts_per_session)
+            per_session[sid] = per_session.get(sid, 0) + 1  # a waiting prompt counts
+        try:
+            await manager._take_slot(self._model_id, self._state)
+        except BaseException:
+            self._leave_session()
+            raise
+        self._held_since = time.monotonic()
 
     async def __aexit__(
         self,
@@ -89,7 +137,13 @@ class PromptSlot:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._state.prompts -= 1
+        state = self._state
+        held = time.monotonic() - self._held_since
+        state.hold_s += _HOLD_WEIGHT * (held - state.hold_s)
+        self._manager._give_slot(self._model_id, state)
+        self._leave_session()
+
+    def _leave_session(self) -> None:
         sid = self._session_id
         if sid is not None:
             per_session = self._manager.session_prompts
@@ -109,9 +163,19 @@ class CapacityManager:
         *,
         prompts_per_session: int = 1,
         clock: Callable[[], float] = time.time,
+        queue_depth: int = 0,
+        queue_wait_s: float = 0.0,
+        observer: QueueObserver | None = None,
     ) -> None:
+        """``queue_depth`` 0 (or ``queue_wait_s`` 0) refuses a prompt at once when every
+        slot is busy."""
         if prompts_per_session < 1:
             raise ValueError("prompts_per_session must be >= 1")
+        if queue_depth < 0 or queue_wait_s < 0:
+            raise ValueError("queue_depth and queue_wait_s must be >= 0")
+        self.queue_depth = queue_depth
+        self.queue_wait_s = queue_wait_s
+        self._observer = observer
         self._models: dict[str, _ModelState] = {}
         for model_id, slots in slots_by_model.items():
             if slots < 1:
@@ -187,12 +251,82 @@ class CapacityManager:
             self._purge(state, t)
 
     def prompt_slot(self, model_id: str, session_id: str | None = None) -> PromptSlot:
-        """`async with capacity.prompt_slot(m, s):` — NoCapacity / SessionBusy at once."""
+        """`async with capacity.prompt_slot(m, s):` — SessionBusy at once; when every
+        slot is busy, a wait in the model's queue, then NoCapacity if it is full or the
+        wait runs out."""
         mid, state = self._state(model_id)
         return PromptSlot(self, mid, state, session_id)
 
     def prompts_in_flight(self, model_id: str) -> int:
         return self._state(model_id)[1].prompts
+
+    def queued(self, model_id: str) -> int:
+        """Prompts of the model waiting for a slot."""
+        return len(self._state(model_id)[1].waiters)
+
+    async def _take_slot(self, model_id: str, state: _ModelState) -> None:
+        """A slot now if one is free and nobody waits, else a place in the queue."""
+        observer = self._observer
+        if state.prompts < state.slots and not state.waiters:
+            state.prompts += 1
+            if observer is not None:
+                observer.queue_left(model_id, 0.0, "served")
+            return
+        if len(state.waiters) >= self.queue_depth or self.queue_wait_s <= 0:
+            if observer is not None:
+                observer.queue_left(model_id, 0.0, "full")
+            raise NoCapacity(model_id, state.slots, "prompt",
+                             f", {len(state.waiters)} waiting", state.retry_after_s())
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        state.waiters.append(granted)
+        self._depth_changed(model_id, state)
+        started = time.monotonic()
+        outcome: QueueOutcome = "served"
+        try:
+            async with asyncio.timeout(self.queue_wait_s):
+                await granted
+        except TimeoutError:
+            if granted.done() and not granted.cancelled():  # came as the time ran out
+                return
+            outcome = "timeout"
+            self._leave_queue(model_id, state, granted)
+            raise NoCapacity(model_id, state.slots, "prompt",
+                             f"; waited {self.queue_wait_s:g} s",
+                             state.retry_after_s()) from None
+        except BaseException:  # the caller went away
+            outcome = "cancelled"
+            if granted.done() and not granted.cancelled():
+                self._give_slot(model_id, state)  # granted meanwhile: pass it on
+            else:
+                self._leave_queue(model_id, state, granted)
+            raise
+        finally:
+            if observer is not None:
+                observer.queue_left(model_id, time.monotonic() - started, outcome)
+
+    def _leave_queue(self, model_id: str, state: _ModelState,
+                     waiter: asyncio.Future[None]) -> None:
+        waiter.cancel()
+        with contextlib.suppress(ValueError):
+            state.waiters.remove(waiter)
+        self._depth_changed(model_id, state)
+
+    def _give_slot(self, model_id: str, state: _ModelState) -> None:
+        """Free a slot: straight to the first waiter still waiting, if any."""
+        state.prompts -= 1
+        handed = False
+        while state.waiters and state.prompts < state.slots:
+            waiter = state.waiters.popleft()
+            if not waiter.done():
+                state.prompts += 1
+                waiter.set_result(None)
+                handed = True
+        if handed:
+            self._depth_changed(model_id, state)
+
+    def _depth_changed(self, model_id: str, state: _ModelState) -> None:
+        if self._observer is not None:
+            self._observer.queue_depth(model_id, len(state.waiters))
 
     def snapshot(self, now: float | None = None) -> dict[str, dict[str, int]]:
         """Per model: slots, open sessions, prompts (for provider.capabilities)."""

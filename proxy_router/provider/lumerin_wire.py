@@ -29,6 +29,13 @@ them, but the approval and report blobs we sign are ``ProviderService``'s, in
 stamp (what the Go provider signs) would never expire. A consumer hands both blobs to
 the contract unchanged.
 
+Cancellation: the reference has no cancel message; a consumer that stops reading closes
+its connection. While a prompt runs, the connection's reader is watched: its end (the
+consumer sends nothing after its one request, so an end is its close) cancels the
+prompt at once, which aborts the backend request and frees the slot exactly as
+``rpc.cancel`` does on our wire, instead of waiting for a write to fail, which needs a
+token to write.
+
 Errors: ``RpcError`` codes become the reference's texts (``error_text``, which Go
 consumers and our ``classify_error`` read back); a signature that does not verify is
 the reference's "Failed to authenticate signature", and no work is done for it; a
@@ -151,6 +158,38 @@ def _chat_body(message: str) -> dict[str, Any]:
     return {**body, "stream": body.get("stream") is True}
 
 
+class Hangup:
+    """Cancels ``task`` when ``reader`` ends: the consumer closed its connection.
+
+    A reference consumer writes its one request and then only reads, so the end of what
+    it sends is its close (a consumer that half-closed after its request would be taken
+    for gone: none of the reference's does). Watched only while a prompt runs."""
+
+    __slots__ = ("_reader", "_task", "_watcher", "fired")
+
+    def __init__(self, reader: asyncio.StreamReader, task: asyncio.Task[Any]) -> None:
+        self._reader = reader
+        self._task = task
+        self._watcher: asyncio.Task[None] | None = None
+        self.fired = False
+
+    def watch(self) -> None:
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._wait())
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+    async def _wait(self) -> None:
+        with contextlib.suppress(OSError):
+            while await self._reader.read(4096):
+                pass  # bytes after the request: not ours to read, and not an end
+        if not self._task.done():
+            self.fired = True
+            self._task.cancel()
+
+
 class LumerinWire:
     """Serves one reference-wire connection per ``handle`` call, on ``service``'s core.
 
@@ -178,22 +217,33 @@ class LumerinWire:
                      first_bytes: bytes) -> None:
         """``serve_app(raw=...)``'s handler: one request, its answers, then close."""
         remote = remote_key(writer.transport)
+        task = asyncio.current_task()
+        assert task is not None
+        hangup = Hangup(reader, task)
 
         def serve(request: Request[Any]) -> AsyncIterator[Response[Any]]:
-            return self.serve(request, remote)
+            return self.serve(request, remote, hangup)
 
-        await handle_lumerin_connection(reader, writer, serve, first_bytes,
-                                        request_timeout=self.request_timeout_s,
-                                        write_timeout=self.write_timeout_s,
-                                        limits=self.limits)
+        try:
+            await handle_lumerin_connection(reader, writer, serve, first_bytes,
+                                            request_timeout=self.request_timeout_s,
+                                            write_timeout=self.write_timeout_s,
+                                            limits=self.limits)
+        except asyncio.CancelledError:
+            if not hangup.fired or task.uncancel() > 0:  # someone else's cancel too
+                raise
+            log.info("reference_prompt_cancelled", remote=remote)
+        finally:
+            hangup.stop()
 
-    async def serve(self, request: Request[Any], remote: str | None = None
-                    ) -> AsyncIterator[Response[Any]]:
+    async def serve(self, request: Request[Any], remote: str | None = None,
+                    hangup: Hangup | None = None) -> AsyncIterator[Response[Any]]:
         """The responses to one parsed request; a refusal is one unsigned error (counted
         by code, like every request)."""
         code = PEER_GONE
         try:
-            async with contextlib.aclosing(self._dispatch(request, remote)) as responses:
+            async with contextlib.aclosing(self._dispatch(request, remote, hangup)) \
+                    as responses:
                 async for response in responses:
                     if response.error is not None:  # a model error, signed
                         code = str(ErrorCode.BACKEND_ERROR)
@@ -211,14 +261,14 @@ class LumerinWire:
         finally:
             self.metrics.reference_requests.labels(request.method, code).inc()
 
-    def _dispatch(self, request: Request[Any], remote: str | None
+    def _dispatch(self, request: Request[Any], remote: str | None, hangup: Hangup | None
                   ) -> AsyncGenerator[Response[Any], None]:
         if request.method == PING:
             return self._ping(request)
         if request.method == SESSION_REQUEST:
             return self._session_request(request, remote)
         if request.method == SESSION_PROMPT:
-            return self._prompt(request)
+            return self._prompt(request, hangup)
         if request.method == SESSION_REPORT:
             return self._report(request)
         raise RpcError(ErrorCode.UNKNOWN_METHOD,
@@ -248,12 +298,15 @@ class LumerinWire:
                             timestamp=now_ms())
         yield Response(request.id, result.signed(self.signer))
 
-    async def _prompt(self, request: Request[Any]) -> AsyncGenerator[Response[Any], None]:
+    async def _prompt(self, request: Request[Any], hangup: Hangup | None = None
+                      ) -> AsyncGenerator[Response[Any], None]:
         params = request.params
         assert isinstance(params, SessionPromptReq)
         self._check_fresh(params)
         user, key = await self._authenticate(params, params.session_id)
         body = _chat_body(params.message)
+        if hangup is not None:
+            hangup.watch()
         try:
             async with contextlib.aclosing(
                     self.service.prompt(params.session_id, user, body)) as items:
@@ -265,12 +318,16 @@ class LumerinWire:
                     for event in item:
                         yield self._chunk(request.id, key, event)
         except RpcError as exc:
+            if hangup is not None:
+                hangup.stop()
             detail = _model_error(exc)
             if detail is None:
                 raise
             yield model_error_response(request.id, self.signer, user_public_key=key,
                                        provider_model_error=detail)
             return
+        if hangup is not None:  # the answer is whole: a close from here on is no cancel
+            hangup.stop()
         if body["stream"]:
             yield prompt_done_response(request.id, self.signer, user_public_key=key)
 

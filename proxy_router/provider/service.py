@@ -20,7 +20,9 @@ backend texts) go to the log, redacted.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -53,9 +55,17 @@ from proxy_router.provider.backend import (
     OpenAIBackend,
 )
 from proxy_router.provider.backend_health import BackendMonitor
-from proxy_router.provider.capacity import CapacityManager, NoCapacity, SessionBusy
+from proxy_router.provider.capacity import (
+    QUEUE_DEPTH,
+    QUEUE_WAIT_S,
+    CapacityManager,
+    NoCapacity,
+    QueueOutcome,
+    SessionBusy,
+)
 from proxy_router.provider.hardware import detect_hardware
 from proxy_router.provider.models_config import ModelsConfig, normalize_model_id
+from proxy_router.provider.normalize import normalize_chat
 from proxy_router.provider.usage import UsageMeter, estimate_prompt_tokens
 from proxy_router.ratelimit import RateLimiter
 from proxy_router.store.db import Store
@@ -136,27 +146,33 @@ class ProviderService:
                  capacity: CapacityManager | None = None, close_grace_s: int = 60,
                  metrics: Metrics | None = None, prompts_per_session: int = 1,
                  approvals_per_user: int = 3,
-                 session_requests_per_ip_s: float = 20.0) -> None:
+                 session_requests_per_ip_s: float = 20.0,
+                 prompt_queue_depth: int = QUEUE_DEPTH,
+                 prompt_queue_wait_s: float = QUEUE_WAIT_S) -> None:
         self.account = account
         self.address = account.address
         self.market = market
         self.index = index
         self.models = models
         self.store = store
-        self.capacity = capacity or CapacityManager(models.slots_by_model(),
-                                                    prompts_per_session=prompts_per_session)
+        self.metrics = metrics or Metrics("provider")
+        self.capacity = capacity or CapacityManager(
+            models.slots_by_model(), prompts_per_session=prompts_per_session,
+            queue_depth=prompt_queue_depth, queue_wait_s=prompt_queue_wait_s,
+            observer=_QueueMetrics(self.metrics, {normalize_model_id(m.model_id): m.model_name
+                                                  for m in models.models}))
         self.approvals = ApprovalLedger(per_user=approvals_per_user)
         self.request_rate = RateLimiter(session_requests_per_ip_s,
                                         burst=max(1.0, 2 * session_requests_per_ip_s))
         self.backends = {
             normalize_model_id(m.model_id): OpenAIBackend(
                 backend_urls[normalize_model_id(m.model_id)], model_name=m.model_name,
-                session=http, api_key=m.api_key, timeouts=backend_timeouts)
+                session=http, api_key=m.api_key, timeouts=backend_timeouts,
+                on_abort=functools.partial(self.metrics.backend_aborted, m.model_name))
             for m in models.models
         }
         self.health = BackendMonitor(self.backends, http)
         self.close_grace_s = close_grace_s
-        self.metrics = metrics or Metrics("provider")
         self._http = http
         self._sessions: dict[str, Session] = {}
         self._claimed: set[str] = set()  # Morpheus sessions claimed (no event tells)
@@ -330,8 +346,15 @@ class ProviderService:
         """The prompt core: ``user`` (authenticated by the caller) asks ``body`` (an OpenAI
         chat request; ``stream`` absent means streamed) on ``session_id``.
 
-        Session checks, then a capacity slot, then the backend's answer item by item,
-        then the usage into the metrics and the store, and into ``trailer["usage"]``.
+        Session checks, then a capacity slot (waiting in the model's queue when all are
+        busy), then the backend's answer item by item, then the counts the backend's usage
+        lacked asked of the backend (``_count_missing``), then the usage into the metrics
+        and the store, and into ``trailer["usage"]``.
+
+        Stopped early (our wire's ``rpc.cancel`` cancels the task; a consumer gone closes
+        the generator), the backend request is closed at once (``OpenAIBackend`` counts
+        the abort), the slot is freed by the unwinding itself, before any other task
+        runs, and what was generated is recorded as measured, estimates marked.
         """
         _check_chat(body)
         session = await self._check_session(session_id, user)
@@ -339,28 +362,53 @@ class ProviderService:
         backend = self.backends.get(model_id)
         if backend is None:
             raise RpcError(ErrorCode.MODEL_NOT_SERVED, f"model {model_id} is not served here")
-        meter = UsageMeter(prompt_tokens_estimate=estimate_prompt_tokens(body))
+        body = normalize_chat(body)  # after the session checks: only its user spends CPU
+        meter: UsageMeter | None = None
         try:
             async with self.capacity.prompt_slot(model_id, session_id):
+                # measured from here: a wait for the slot is no backend's time to first token
+                meter = UsageMeter(prompt_tokens_estimate=estimate_prompt_tokens(body))
                 async for item in self._generate(model_id, backend, body, meter):
                     yield item
+                await _count_missing(backend, body, meter)
         except NoCapacity as exc:
-            raise RpcError(ErrorCode.NO_CAPACITY, str(exc)) from None
+            raise RpcError(ErrorCode.NO_CAPACITY, str(exc),
+                           {"retryAfter": exc.retry_after_s}) from None
         except SessionBusy as exc:
             raise RpcError(ErrorCode.SESSION_BUSY, str(exc),
                            {"promptsPerSession": exc.limit}) from None
+        except (asyncio.CancelledError, GeneratorExit):
+            if meter is not None:  # the slot is free already; the store may take its time
+                await self._record_stopped(session_id, backend, body, meter)
+            raise
         usage = await self._record_usage(session_id, backend, body, meter)
         if trailer is not None:
             trailer["usage"] = usage
 
+    async def _record_stopped(self, session_id: str, backend: OpenAIBackend,
+                              body: dict[str, Any], meter: UsageMeter) -> None:
+        """A prompt stopped before its end: what it used so far, without asking the
+        backend anything more (the next prompt is due there)."""
+        try:
+            usage = await self._record_usage(session_id, backend, body, meter)
+        except Exception as exc:  # a failure here must not replace the cancellation
+            log.warning("stopped_prompt_not_recorded", session=session_id, error=str(exc))
+            return
+        log.info("prompt_stopped", session=session_id, model=backend.model_name,
+                 completion_tokens=usage["completion_tokens"])
+
     async def _record_usage(self, session_id: str, backend: OpenAIBackend,
-                            body: dict[str, Any], meter: UsageMeter) -> dict[str, int]:
+                            body: dict[str, Any], meter: UsageMeter) -> dict[str, Any]:
         """The prompt's figures: into the metrics and the store (the receipt of
-        ``session.report`` sums them); returned for our wire's signed trailer."""
+        ``session.report`` sums them); returned for our wire's signed trailer, where
+        ``estimated`` names the counts that are estimates, if any."""
         result = meter.result()
-        usage = {"prompt_tokens": result.prompt_tokens,
-                 "completion_tokens": result.completion_tokens,
-                 "ttft_ms": result.ttft_ms, "tps_x1000": result.tps_x1000}
+        usage: dict[str, Any] = {"prompt_tokens": result.prompt_tokens,
+                                 "completion_tokens": result.completion_tokens,
+                                 "ttft_ms": result.ttft_ms, "tps_x1000": result.tps_x1000}
+        if result.estimated:
+            usage["estimated"] = list(result.estimated)
+            self.metrics.estimated(backend.model_name, result.estimated)
         self.metrics.observe_answer(backend.model_name, usage=usage,
                                     ttft_s=result.ttft_ms / 1000 if body.get("stream", True)
                                     else None)
@@ -545,10 +593,8 @@ class ProviderService:
                 from None
         except BackendError as exc:
             log.warning("backend_error", model=backend.model_name, status=exc.status,
-                        message=exc.message)
-            raise RpcError(ErrorCode.BACKEND_ERROR,
-                           f"the model server refused the request (HTTP {exc.status})",
-                           {"status": exc.status}) from None
+                        message=exc.message, refusal=exc.refusal)
+            raise backend_refusal(exc) from None
         except BackendFailure as exc:
             log.warning("backend_failed", model=backend.model_name, error=str(exc))
             raise RpcError(ErrorCode.BACKEND_ERROR, "the model server's answer broke off") \
@@ -568,6 +614,64 @@ async def _answer(backend: OpenAIBackend, body: dict[str, Any], meter: UsageMete
         response = await backend.complete_chat(body)
         meter.observe_response(response)
         yield response
+
+
+async def _count_missing(backend: OpenAIBackend, body: dict[str, Any], meter: UsageMeter
+                         ) -> None:
+    """The counts the backend's usage lacked (llama-cpp-python's streams carry none),
+    asked of the backend: the prompt's as the same request unstreamed counts it (a
+    non-stream reply without usage would not say more), the completion's by its
+    tokenizer over the streamed text. Whatever it cannot tell stays an estimate."""
+    missing = meter.missing()
+    if not missing:
+        return
+    text = meter.text() if "completion" in missing else None
+    prompt, completion = await asyncio.gather(
+        backend.prompt_tokens(body) if "prompt" in missing and meter.streamed
+        else _none(),
+        backend.count_tokens(text) if text is not None else _none())
+    if prompt is not None:
+        meter.count("prompt", prompt, "backend")
+    if completion is not None:
+        meter.count("completion", completion, "tokenizer")
+
+
+async def _none() -> None:
+    return None
+
+
+def backend_refusal(exc: BackendError) -> RpcError:
+    """A backend's error for the peer: ``BACKEND_ERROR`` whose data says what a client
+    should get, ``status`` (the HTTP status) and, for a refusal of the request or a busy
+    backend, the OpenAI ``code``, the ``param`` and ``retryAfter`` (seconds). The message
+    is ours (``client_message``): backend texts stay in our log."""
+    refusal = exc.refusal
+    if refusal == "failed":
+        return RpcError(ErrorCode.BACKEND_ERROR, exc.client_message, {"status": exc.status})
+    data: dict[str, Any] = {"status": exc.client_status, "code": refusal}
+    if refusal == "context_length_exceeded":
+        data["param"] = "messages"
+    elif refusal == "invalid_request_error" and exc.body.param:
+        data["param"] = exc.body.param
+    elif refusal in ("rate_limit_exceeded", "backend_overloaded"):
+        data["retryAfter"] = exc.retry_after_s()
+    return RpcError(ErrorCode.BACKEND_ERROR, exc.client_message, data)
+
+
+class _QueueMetrics:
+    """The capacity queue's observations as metrics, labelled by model name."""
+
+    __slots__ = ("_metrics", "_names")
+
+    def __init__(self, metrics: Metrics, names: dict[str, str]) -> None:
+        self._metrics = metrics
+        self._names = names
+
+    def queue_depth(self, model_id: str, depth: int) -> None:
+        self._metrics.prompt_queue_depth(self._names.get(model_id, model_id), depth)
+
+    def queue_left(self, model_id: str, waited_s: float, outcome: QueueOutcome) -> None:
+        self._metrics.prompt_queue_left(self._names.get(model_id, model_id), waited_s, outcome)
 
 
 def _sse(batch: list[bytes]) -> bytes:

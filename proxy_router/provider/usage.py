@@ -1,32 +1,54 @@
 """What one prompt used and how fast it ran: the figures the signed receipt carries.
 
-Counts come from the backend's usage object when it sends one; otherwise they are
-estimated here (about 4 characters per token), so a backend without usage reporting
-still yields a receipt.
+Counts come, best first, from the backend's usage object (a stream's last event: the
+provider always asks for it with ``stream_options.include_usage``), from the backend's
+own count asked after the answer (``count()``: the service asks the backend for the
+prompt's count and tokenizes the streamed text, for servers such as llama-cpp-python
+whose streams carry no usage), from the content chunks counted (one token per chunk on
+most servers, fewer tokens than chunks never, more for multi-byte text), or from about
+4 characters per token. Each count says which (``PromptUsage.prompt_source`` and
+``completion_source``); the last two are estimates, and say so (``estimated``).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from proxy_router import bounded_json
 from proxy_router.provider.sse_decoder import MAX_EVENT_BYTES
 
 _TEXT_KEY_END = b'content":"'
+_BACKSLASH = 0x5C
+
+CountSource = Literal["backend", "tokenizer", "chunks", "estimate"]
+"""Where a count came from: the backend's usage, its tokenizer, content chunks counted,
+or characters / 4."""
+ESTIMATES: frozenset[CountSource] = frozenset({"chunks", "estimate"})
 
 
 @dataclass(frozen=True, slots=True)
 class PromptUsage:
-    """Per-prompt figures for the signed receipt; `reported` = counts came from the backend."""
+    """Per-prompt figures for the signed receipt; `reported` = the completion count came
+    from the backend's usage object."""
 
     ttft_ms: int
     prompt_tokens: int
     completion_tokens: int
     tps_x1000: int
     reported: bool
+    prompt_source: CountSource = "backend"
+    completion_source: CountSource = "backend"
+
+    @property
+    def estimated(self) -> tuple[str, ...]:
+        """The counts (``prompt``, ``completion``) that are estimates, not the backend's."""
+        return tuple(kind for kind, source in (("prompt", self.prompt_source),
+                                               ("completion", self.completion_source))
+                     if source in ESTIMATES)
 
 
 def estimate_tokens(text: str) -> int:
@@ -48,15 +70,30 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
     return (total + 3) // 4
 
 
-def _has_text(payload: bytes) -> bool:
-    """A non-empty `"content":"…"` or `"reasoning_content":"…"` string in compact JSON."""
+def _texts(payload: bytes) -> list[bytes]:
+    """The non-empty `"content":"…"` and `"reasoning_content":"…"` strings of compact
+    JSON, still JSON-escaped (decoded once, at the end, and only if needed)."""
+    found: list[bytes] = []
     i = payload.find(_TEXT_KEY_END)
     while i >= 0:
         i += len(_TEXT_KEY_END)
-        if payload[i : i + 1] != b'"':
-            return True
-        i = payload.find(_TEXT_KEY_END, i)
-    return False
+        j = payload.find(b'"', i)
+        while j > i and _escaped(payload, j):
+            j = payload.find(b'"', j + 1)
+        if j < 0:
+            break
+        if j > i:
+            found.append(payload[i:j])
+        i = payload.find(_TEXT_KEY_END, j)
+    return found
+
+
+def _escaped(payload: bytes, j: int) -> bool:
+    """Whether the quote at ``j`` is escaped (an odd run of backslashes before it)."""
+    n = 0
+    while payload[j - 1 - n] == _BACKSLASH:
+        n += 1
+    return n % 2 == 1
 
 
 class UsageMeter:
@@ -64,8 +101,9 @@ class UsageMeter:
 
     Create it right before sending the request, `observe_raw()` each streamed event
     (or `observe_response()` a non-stream reply), then read `result()`.
-    Without a usage object from the backend, completion tokens are the content-bearing
-    deltas (llama.cpp sends one token per chunk) and prompt tokens the
+    Without a usage object from the backend, the counts `missing()` may be learnt from
+    the backend afterwards (`count()`, the completion from `text()`); failing that,
+    completion tokens are the content-bearing deltas and prompt tokens the
     `prompt_tokens_estimate` given here.
     Speed is the decode rate: tokens after the first over the time after the first
     token; with fewer than two streamed tokens (or no stream) it is tokens over the
@@ -76,11 +114,15 @@ class UsageMeter:
         "_clock",
         "_counted",
         "_end",
+        "_exact",
         "_first",
         "_last",
         "_prompt_estimate",
         "_start",
+        "_text",
+        "_tools",
         "_usage",
+        "streamed",
     )
 
     def __init__(
@@ -94,23 +136,36 @@ class UsageMeter:
         self._counted = 0
         self._usage: Mapping[str, Any] | None = None
         self._prompt_estimate = prompt_tokens_estimate
+        self._text: list[bytes | str] = []
+        """The answer's text as it came: escaped JSON bytes (raw path) or parsed strings."""
+        self._tools = False
+        self._exact: dict[str, tuple[int, CountSource]] = {}
+        """Counts learnt after the answer (``count()``), by ``prompt``/``completion``."""
+        self.streamed = False
 
     def observe(self, chunk: Mapping[str, Any]) -> None:
         """Account one streamed chunk, parsed."""
         now = self._clock()
         self._end = now
+        self.streamed = True
         usage = chunk.get("usage")
         if usage:
             self._usage = usage
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta")
-            if delta and (
-                delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls")
-            ):
-                self._counted += 1
-                if self._first is None:
-                    self._first = now
-                self._last = now
+            if not delta:
+                continue
+            texts = [t for t in (delta.get("reasoning_content"), delta.get("content"))
+                     if isinstance(t, str) and t]
+            if delta.get("tool_calls"):
+                self._tools = True
+            elif not texts:
+                continue
+            self._text.extend(texts)
+            self._counted += 1
+            if self._first is None:
+                self._first = now
+            self._last = now
 
     def observe_raw(self, payload: bytes, event: Mapping[str, Any] | None = None) -> None:
         """Account one streamed chunk given as its raw JSON bytes (`event`: its parsed form,
@@ -119,11 +174,14 @@ class UsageMeter:
         string; chunks that could carry usage or tool calls, or JSON written with
         spaces (where the byte patterns do not apply), are parsed.
         """
+        self.streamed = True
         if event is None:
-            if _has_text(payload):
+            texts = _texts(payload)
+            if texts:
                 now = self._clock()
                 self._end = self._last = now
                 self._counted += 1
+                self._text.extend(texts)
                 if self._first is None:
                     self._first = now
                 return
@@ -152,24 +210,56 @@ class UsageMeter:
             content = message.get("content")
             if isinstance(content, str):
                 text += content
+            if message.get("tool_calls"):
+                self._tools = True
+        self._text = [text] if text else []
         self._counted = estimate_tokens(text)
+
+    def missing(self) -> tuple[str, ...]:
+        """The counts (``prompt``, ``completion``) the backend's usage did not give."""
+        usage = self._usage or {}
+        return tuple(kind for kind in ("prompt", "completion")
+                     if not isinstance(usage.get(f"{kind}_tokens"), int)
+                     and kind not in self._exact)
+
+    def text(self) -> str | None:
+        """The answer's whole text (reasoning included), for a tokenizer to count; None
+        when it holds tool calls, which a count of the text would leave out."""
+        if self._tools:
+            return None
+        try:
+            return "".join(part if isinstance(part, str)
+                           else json.loads(b'"' + part + b'"') for part in self._text)
+        except ValueError:
+            return None
+
+    def count(self, kind: Literal["prompt", "completion"], tokens: int,
+              source: CountSource) -> None:
+        """A count learnt from the backend after the answer (see ``missing()``)."""
+        self._exact[kind] = (tokens, source)
 
     def result(self) -> PromptUsage:
         """The figures so far (call after the stream ended)."""
         end = self._end if self._end is not None else self._clock()
         first = self._first if self._first is not None else end
-        usage = self._usage or {}
-        completion = usage.get("completion_tokens")
-        prompt = usage.get("prompt_tokens")
-        reported = isinstance(completion, int)
-        n = completion if isinstance(completion, int) else self._counted
+        prompt, prompt_source = self._figure("prompt", self._prompt_estimate, "estimate")
+        completion, completion_source = self._figure(
+            "completion", self._counted, "chunks" if self.streamed else "estimate")
         return PromptUsage(
             ttft_ms=max(0, round((first - self._start) * 1000)),
-            prompt_tokens=prompt if isinstance(prompt, int) else self._prompt_estimate,
-            completion_tokens=n,
-            tps_x1000=round(self._tokens_per_second(n, first, end) * 1000),
-            reported=reported,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            tps_x1000=round(self._tokens_per_second(completion, first, end) * 1000),
+            reported=completion_source == "backend",
+            prompt_source=prompt_source,
+            completion_source=completion_source,
         )
+
+    def _figure(self, kind: str, fallback: int, how: CountSource) -> tuple[int, CountSource]:
+        reported = (self._usage or {}).get(f"{kind}_tokens")
+        if isinstance(reported, int):
+            return reported, "backend"
+        return self._exact.get(kind, (fallback, how))
 
     def _tokens_per_second(self, n: int, first: float, end: float) -> float:
         span = (self._last - first) if self._last is not None else 0.0

@@ -56,6 +56,7 @@ class Sessions:
         self.sessions: dict[str, ConsumerSession] = {}
         self.opened: list[str] = []
         self.discarded: list[str] = []
+        self.over: list[str] = []
         self.pool = None
 
     async def session_for_model(self, model_id: str, duration: int,
@@ -79,6 +80,10 @@ class Sessions:
 
     async def discard(self, session: ConsumerSession) -> None:
         self.discarded.append(session.provider)
+
+    def ended(self, session: ConsumerSession) -> None:
+        session.status = LocalStatus.CLOSING
+        self.over.append(session.provider)
 
 
 def service(sessions: Sessions, failures: dict[str, list[Exception]], *,
@@ -123,7 +128,9 @@ async def test_an_expired_session_is_replaced_with_the_same_provider_still_a_can
     reply = await chat.start(REQUEST, None)
     first = next(iter(sessions.sessions.values()))
     assert (reply.session.provider, sessions.opened) == (A, [A, A])
-    assert first.status is LocalStatus.CLOSED and sessions.discarded == []
+    assert first.status is not LocalStatus.OPEN
+    assert sessions.over == [A] and sessions.discarded == [], \
+        "the provider said it is over: settled with its receipt, not as a dispute"
 
 
 async def test_an_error_that_is_not_the_provider_s_fault_reaches_the_client():
@@ -185,7 +192,7 @@ async def test_an_unknown_session_or_model_is_refused_before_any_attempt(
 async def test_a_session_with_no_free_turn_is_busy():
     sessions = Sessions(A)
     chat = service(sessions, {})
-    chat.first_token_timeout = 0.05
+    chat.queue_wait_s = 0.05
     held = await chat.start(REQUEST, None)
     with pytest.raises(d.SessionBusy):
         await chat.start(REQUEST, held.session.session_id)

@@ -66,7 +66,8 @@ def mock_devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockDevnet
     net = Devnet(tmp_path_factory.mktemp("mock-devnet"), progress=lambda _: None)
     try:
         state = net.up(backend_url=backend.url, concurrent_slots=1,
-                       extra_router_env={"FIRST_TOKEN_TIMEOUT_S": "5"})
+                       extra_router_env={"FIRST_TOKEN_TIMEOUT_S": "5",
+                                         "PROMPT_QUEUE_WAIT_S": "4"})
         yield MockDevnet(state, backend, net)
     finally:
         net.down()

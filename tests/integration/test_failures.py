@@ -402,8 +402,8 @@ async def test_a_provider_with_no_free_slot_refuses_new_sessions_and_nothing_is_
 
 async def test_a_prompt_waits_for_its_sessions_turn_and_is_a_429_only_past_the_timeout(
         state: DevnetState, market: Marketplace, backend: MockBackend, free_slot):
-    """One prompt at a time per session: a second one waits for the first (up to the
-    first-token timeout, 5 s here), then is a 429 ``session_busy`` with Retry-After;
+    """One prompt at a time per session: a second one waits for the first (up to
+    PROMPT_QUEUE_WAIT_S, 4 s here), then is a 429 ``session_busy`` with Retry-After;
     the first answer is unharmed and the session stays usable."""
     before = await holdings(market, state)
     async with backend_running(backend, "--token-delay", "0.6"):  # 12 tokens: 7.2 s
