@@ -48,6 +48,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"
 CLIENT_GONE = 499  # nginx's code for "the client closed the connection first"
+CLIENT_LEFT = web.RequestKey("client_left", bool)
+"""Set by a handler that returns normally after its client went away (a closed stream)."""
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                     120.0, 300.0)
@@ -234,7 +236,7 @@ class Metrics:
         try:
             response = await handler(request)
             # a stream whose client left is returned, not raised (no traceback): still a 499
-            status = CLIENT_GONE if _client_gone(request) else response.status
+            status = CLIENT_GONE if request.get(CLIENT_LEFT) else response.status
             return response
         except web.HTTPException as exc:
             status = exc.status
@@ -253,11 +255,6 @@ class Metrics:
     async def handler(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry),
                             headers={"Content-Type": CONTENT_TYPE})
-
-
-def _client_gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
 
 
 def route_template(request: web.Request) -> str:

@@ -60,7 +60,7 @@ from proxy_router.consumer.sessions import ConsumerSession, SessionManager, publ
 from proxy_router.consumer.sse import USAGE_KEY, checked_sse, filter_usage, first_event
 from proxy_router.health import Health, health_response
 from proxy_router.logs import request_id
-from proxy_router.metrics import Metrics
+from proxy_router.metrics import CLIENT_LEFT, Metrics
 from proxy_router.morrpc import RpcError, RpcUnavailable
 from proxy_router.netguard import read_body
 
@@ -303,6 +303,7 @@ class ConsumerApi:
             # not when this stream is collected, and before the session's turn is given
             # back, so its backend stops generating and the next prompt finds it free.
             await reply.aclose()
+            request[CLIENT_LEFT] = True
             log.info("stream_closed_by_client", session=reply.session.session_id)
         return resp
 

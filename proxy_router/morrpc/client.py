@@ -340,17 +340,19 @@ class RpcClient:
         if req.forget():
             await self._notify(req.link, CANCEL, {"id": req.id})
 
-    def _cancel_soon(self, req: _Request | None) -> None:
-        """Cancel from code that cannot await (cancellation, an abandoned stream's finaliser)."""
+    def _cancel_soon(self, req: _Request | None) -> asyncio.Task[None] | None:
+        """Cancel from code that cannot await (cancellation, an abandoned stream's
+        finaliser); the task sending it, if one was needed."""
         if req is None or not req.forget() or req.link.ws.closed:
-            return
+            return None
         try:
             task = asyncio.get_running_loop().create_task(
                 self._notify(req.link, CANCEL, {"id": req.id}))
         except RuntimeError:  # no running loop: the socket dies with it
-            return
+            return None
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def _read_loop(self, link: _Link) -> None:
         reason = "provider closed the connection"
@@ -413,6 +415,7 @@ class RpcStream:
         self._unacked = 0
         self._digest = hashlib.sha256()
         self._done = False
+        self._cancelling: asyncio.Task[None] | None = None
         self.result: dict[str, Any] | None = None
         """The provider's signed trailer ({chunks, digest, ...}) once the stream ended."""
 
@@ -445,7 +448,7 @@ class RpcStream:
             raise
         except BaseException:  # our task was cancelled mid-wait: stop the provider too
             self._done = True
-            client._cancel_soon(req)
+            self._cancelling = client._cancel_soon(req)
             raise
         if "chunk" in frame:
             return await self._open_chunk(req, frame)
@@ -486,8 +489,13 @@ class RpcStream:
         self.result = result
 
     async def aclose(self) -> None:
-        """Stop early: tells the provider to cancel the work (no-op once finished)."""
+        """Stop early: tells the provider to cancel the work (no-op once finished).
+        Once it returns, the cancel is on the socket, ahead of any later request, even
+        when a cancellation of ours sent it (the provider frees the work's slot before
+        it reads the next frame)."""
         if self._done:
+            if self._cancelling is not None and not self._cancelling.done():
+                await asyncio.wait([self._cancelling])
             return
         self._done = True
         if self._req is not None:

@@ -572,7 +572,11 @@ class OpenAIBackend:
         A tokenizer endpoint cannot do this: it counts the text it is given, while the
         prompt is the messages rendered by the model's chat template, which only the
         server knows (SmolLM2: 6 tokens of text, 36 in the prompt). The server has just
-        evaluated this prompt, so its prefix cache makes the one token cheap."""
+        evaluated this prompt, so its prefix cache makes the one token cheap. Asked only
+        of a server with llama-cpp-python's tokenizer route, i.e. one of our own: a
+        hosted API would bill the prompt a second time."""
+        if not await self._has_tokenizer():
+            return None
         probe = {k: v for k, v in body.items() if k not in _PROBE_DROPPED}
         probe["max_tokens"] = 1
         try:
@@ -588,15 +592,19 @@ class OpenAIBackend:
         """Tokens of ``text`` by the backend's tokenizer (llama-cpp-python's
         ``/extras/tokenize/count``), without the BOS token it adds; None when the backend
         has no such endpoint (remembered) or it fails."""
-        if self.tokenizer is False:
+        if not await self._has_tokenizer():
             return None
-        if self._count_offset is None:
-            offset = await self._count("")
-            if offset is None:
-                return None
-            self._count_offset = offset
         count = await self._count(text)
-        return None if count is None else max(0, count - self._count_offset)
+        offset = self._count_offset or 0
+        return None if count is None else max(0, count - offset)
+
+    async def _has_tokenizer(self) -> bool:
+        """Whether the tokenizer route answers (learnt once, with what it counts for "")."""
+        if self.tokenizer is None:
+            offset = await self._count("")
+            if offset is not None:
+                self._count_offset = offset
+        return bool(self.tokenizer) and self._count_offset is not None
 
     async def _count(self, text: str) -> int | None:
         payload = json.dumps({"input": text, "model": self.model_name}).encode()

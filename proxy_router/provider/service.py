@@ -395,7 +395,7 @@ class ProviderService:
             log.warning("stopped_prompt_not_recorded", session=session_id, error=str(exc))
             return
         log.info("prompt_stopped", session=session_id, model=backend.model_name,
-                 completion_tokens=usage["completion_tokens"])
+                 generated=usage["completion_tokens"])  # a "token" key would be masked
 
     async def _record_usage(self, session_id: str, backend: OpenAIBackend,
                             body: dict[str, Any], meter: UsageMeter) -> dict[str, Any]:

@@ -76,9 +76,9 @@ def _texts(payload: bytes) -> list[bytes]:
     found: list[bytes] = []
     i = payload.find(_TEXT_KEY_END)
     while i >= 0:
-        i += len(_TEXT_KEY_END)
+        i += 10  # len(_TEXT_KEY_END)
         j = payload.find(b'"', i)
-        while j > i and _escaped(payload, j):
+        while j > i and payload[j - 1] == _BACKSLASH and _escaped(payload, j):
             j = payload.find(b'"', j + 1)
         if j < 0:
             break
