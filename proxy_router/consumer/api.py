@@ -13,11 +13,13 @@ price per second and its cost so far (``SESSION_HEADERS``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -25,6 +27,7 @@ from pydantic import BaseModel
 
 from proxy_router.chain.flavor import to_bytes32
 from proxy_router.chain.morpheus import MorpheusMarketplace
+from proxy_router.chain.types import Model
 from proxy_router.consumer.access import (
     REQUEST_ID_HEADER,
     ROUTE_ACCESS,
@@ -32,11 +35,19 @@ from proxy_router.consumer.access import (
     Access,
     AccessPolicy,
 )
-from proxy_router.consumer.chat import ChatService, Reply
-from proxy_router.consumer.domain_errors import ProviderUnavailable
+from proxy_router.consumer.chat import ChatService, PromptRequest, Reply
+from proxy_router.consumer.domain_errors import BadProviderResponse, ProviderUnavailable
 from proxy_router.consumer.errors import ApiError, internal_error, rule_for, to_api_error
 from proxy_router.consumer.failover import Verdict, verdict
 from proxy_router.consumer.openapi import Param, Route, build_document
+from proxy_router.consumer.prompt_schemas import (
+    CompletionRequest,
+    EmbeddingList,
+    EmbeddingRequest,
+    TextCompletion,
+    TextCompletionChunk,
+    client_embeddings,
+)
 from proxy_router.consumer.schemas import (
     Balance,
     Bid,
@@ -60,7 +71,7 @@ from proxy_router.consumer.sessions import ConsumerSession, SessionManager, publ
 from proxy_router.consumer.sse import USAGE_KEY, checked_sse, filter_usage, first_event
 from proxy_router.health import Health, health_response
 from proxy_router.logs import request_id
-from proxy_router.metrics import CLIENT_LEFT, Metrics
+from proxy_router.metrics import CLIENT_GONE, CLIENT_LEFT, Metrics
 from proxy_router.morrpc import RpcError, RpcUnavailable
 from proxy_router.netguard import read_body
 
@@ -71,6 +82,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC, LOCAL, WALLET = Access.PUBLIC, Access.LOCAL, Access.WALLET
 CHAIN = (502, 503)  # a chain read can fail
 REQUEST_ID = web.RequestKey("request_id", str)
+T = TypeVar("T")
+
+SESSION_PARAMS = (Param("session_id", "header", "use this open session of the wallet",
+                        r"^(0x)?[0-9a-fA-F]{64}$"),
+                  Param("X-Session-Id", "header", "same as session_id",
+                        r"^(0x)?[0-9a-fA-F]{64}$"))
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/", "web_app", "The marketplace web app (sets the API cookie for a "
@@ -86,13 +103,22 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/chat/completions", "chat_completions",
           "OpenAI chat completion through a paid session (opened when needed)", LOCAL,
           "openai", returns=ChatCompletion, stream=ChatCompletionChunk, body=ChatRequest,
-          params=(Param("session_id", "header", "use this open session of the wallet",
-                        r"^(0x)?[0-9a-fA-F]{64}$"),
-                  Param("X-Session-Id", "header", "same as session_id",
-                        r"^(0x)?[0-9a-fA-F]{64}$")),
-          headers=SESSION_HEADERS, errors=(400, 402, 404, 409, 429, 502, 503, 504)),
+          params=SESSION_PARAMS, headers=SESSION_HEADERS,
+          errors=(400, 402, 404, 409, 429, 502, 503, 504)),
+    Route("POST", "/v1/completions", "completions",
+          "OpenAI legacy (text) completion through a paid session (opened when needed)",
+          LOCAL, "openai", returns=TextCompletion, stream=TextCompletionChunk,
+          body=CompletionRequest, params=SESSION_PARAMS, headers=SESSION_HEADERS,
+          errors=(400, 402, 404, 409, 413, 429, 502, 503, 504)),
+    Route("POST", "/v1/embeddings", "embeddings",
+          "OpenAI embeddings from a model tagged `embedding`, through a paid session",
+          LOCAL, "openai", returns=EmbeddingList, body=EmbeddingRequest,
+          params=SESSION_PARAMS, headers=SESSION_HEADERS,
+          errors=(400, 402, 404, 409, 413, 429, 502, 503, 504)),
     Route("GET", "/v1/models", "list_models", "Marketplace models with an active bid", LOCAL,
           "openai", returns=ModelList),
+    Route("GET", "/v1/models/{model}", "get_model", "One marketplace model, by name or id",
+          LOCAL, "openai", returns=OpenAIModel, errors=(404,)),
     Route("GET", "/blockchain/balance", "balance", "The wallet's ETH and MOR", LOCAL,
           "wallet", returns=Balance, errors=CHAIN),
     Route("GET", "/blockchain/providers", "providers", "Registered providers", LOCAL,
@@ -247,24 +273,52 @@ class ConsumerApi:
 
     # -- OpenAI ------------------------------------------------------------------
 
+    def _openai_model(self, model: Model) -> OpenAIModel:
+        return OpenAIModel(id=model.name, created=model.created_at, owned_by=model.owner,
+                           modelId=model.id, tags=list(model.tags),
+                           activeBids=len(self.index.active_bids(model.id)))
+
     async def list_models(self, request: web.Request) -> web.Response:
-        data = []
-        for model in sorted(self.index.models.values(), key=lambda m: m.created_at):
-            bids = self.index.active_bids(model.id)
-            if model.is_deleted or not bids:
-                continue
-            data.append(OpenAIModel(id=model.name, created=model.created_at,
-                                    owned_by=model.owner, modelId=model.id,
-                                    tags=list(model.tags), activeBids=len(bids)))
+        data = [self._openai_model(model)
+                for model in sorted(self.index.models.values(), key=lambda m: m.created_at)
+                if not model.is_deleted and self.index.active_bids(model.id)]
         return web.json_response(ModelList(data=data).model_dump(mode="json"))
 
+    async def get_model(self, request: web.Request) -> web.Response:
+        """``models.retrieve``: a model with or without bids (``activeBids`` says)."""
+        model = self.chat.resolve_model(request.match_info["model"])
+        return web.json_response(self._openai_model(model).model_dump(mode="json"))
+
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        req = parse_body(ChatRequest, await read_body(request, self.body_timeout_s))
+        return await self._prompt(request, ChatRequest)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._prompt(request, CompletionRequest)
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self._prompt(request, EmbeddingRequest)
+
+    async def _prompt(self, request: web.Request, kind: type[PromptRequest]
+                      ) -> web.StreamResponse:
+        """One paid answer of ``kind``: whole, or streamed as the provider sends it."""
+        req = parse_body(kind, await read_body(request, self.body_timeout_s))
         header = request.headers.get("session_id", request.headers.get("X-Session-Id"))
         session_id = None if header is None else _id32(header, "session", param="session_id")
         if not req.stream:
-            completion, session = await self.chat.complete(req, session_id)
-            return web.json_response(completion.model_dump(mode="json", exclude_unset=True),
+            try:
+                answer, session = await _unless_client_leaves(
+                    request, self.chat.complete(req, session_id))
+            except ClientLeft:
+                request[CLIENT_LEFT] = True
+                log.info("request_abandoned_by_client")
+                return web.Response(status=CLIENT_GONE)  # nobody reads it; the metric's 499
+            if isinstance(req, EmbeddingRequest) and isinstance(answer, EmbeddingList):
+                try:
+                    answer = client_embeddings(answer, req.encoding_format)
+                except ValueError:
+                    raise BadProviderResponse(f"provider {session.provider} sent "
+                                              "malformed embeddings") from None
+            return web.json_response(answer.model_dump(mode="json", exclude_unset=True),
                                      headers=self._session_headers(session))
         reply = await self.chat.start(req, session_id)
         headers = self._session_headers(reply.session)
@@ -281,7 +335,7 @@ class ConsumerApi:
         return {session_id: session.session_id, price: str(session.price_per_second),
                 cost: str(session.cost_so_far(self.index.chain_now()))}
 
-    async def _stream(self, request: web.Request, req: ChatRequest, reply: Reply,
+    async def _stream(self, request: web.Request, req: PromptRequest, reply: Reply,
                       headers: dict[str, str]) -> web.StreamResponse:
         chunks = reply.chunks()
         try:
@@ -386,7 +440,40 @@ class ConsumerApi:
         return json_response(Settlement, await self.sessions.close(session_id))
 
 
-async def _relay(chat: ChatService, resp: web.StreamResponse, req: ChatRequest, reply: Reply,
+LEFT_POLL_S = 0.25
+"""How often a non-streamed request checks that its client is still there."""
+
+
+class ClientLeft(Exception):
+    """The client closed its connection before its whole answer was ready."""
+
+
+async def _unless_client_leaves(request: web.Request, work: Awaitable[T]) -> T:
+    """``work``, cancelled when the client's connection closes.
+
+    aiohttp lets a handler run on after its client left (handler cancellation is off,
+    rightly for the routes that send transactions), so a non-streamed answer would be
+    generated, and its seconds paid for, for nobody: an SDK that times out retries, and
+    each abandoned attempt kept a slot busy. Cancelled, ``ChatService.complete`` sends
+    ``rpc.cancel`` before the session's turn is given back, as a closed stream does.
+    Polled: aiohttp has no disconnect event."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait([task], timeout=LEFT_POLL_S)
+            if done:
+                return task.result()
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                raise ClientLeft
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _relay(chat: ChatService, resp: web.StreamResponse, req: PromptRequest, reply: Reply,
                  head: list[bytes], chunks: AsyncIterator[bytes]) -> None:
     """The provider's chunks to the client, then [DONE]; ``ConnectionResetError``
     once the client is gone."""
@@ -420,7 +507,8 @@ async def _relay(chat: ChatService, resp: web.StreamResponse, req: ChatRequest, 
         if include_usage and not saw_usage and usage:
             first = first_event(reply.first)
             final = ChatCompletionChunk(
-                id=first.get("id", ""), created=first.get("created", 0),
+                id=first.get("id", ""), object=first.get("object") or "chat.completion.chunk",
+                created=first.get("created", 0),
                 model=first.get("model", ""), choices=[], usage=Usage(
                     prompt_tokens=usage["prompt_tokens"],
                     completion_tokens=usage["completion_tokens"],

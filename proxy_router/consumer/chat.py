@@ -41,13 +41,25 @@ from proxy_router.consumer.domain_errors import (
     RequestTooLarge,
     SessionBusy,
     SessionModelMismatch,
+    WrongModelKind,
 )
 from proxy_router.consumer.failover import Verdict, verdict
+from proxy_router.consumer.prompt_schemas import (
+    CompletionRequest,
+    EmbeddingList,
+    EmbeddingRequest,
+    TextCompletion,
+)
 from proxy_router.consumer.schemas import ChatCompletion, ChatRequest
 from proxy_router.consumer.sessions import ConsumerSession, LocalStatus, SessionManager
 from proxy_router.metrics import Metrics
 from proxy_router.morrpc import ErrorCode, RpcError, RpcStream, RpcUnavailable
-from proxy_router.morrpc.protocol import MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, SSE_FORMAT
+from proxy_router.morrpc.protocol import (
+    MAX_FRAME_BYTES,
+    MAX_PAYLOAD_BYTES,
+    SSE_FORMAT,
+    PromptApi,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +69,14 @@ QUEUE_DEPTH = 32
 QUEUE_WAIT_S = 30.0
 """Longest wait for a turn (``PROMPT_QUEUE_WAIT_S``'s default)."""
 T = TypeVar("T")
+PromptRequest = ChatRequest | CompletionRequest | EmbeddingRequest
+"""What a paid session answers; its class's ``api`` names the provider's route."""
+Answer = ChatCompletion | TextCompletion | EmbeddingList
+ANSWERS: dict[PromptApi, type[Answer]] = {"chat": ChatCompletion,
+                                          "completions": TextCompletion,
+                                          "embeddings": EmbeddingList}
+EMBEDDING_TAG = "embedding"
+"""The on-chain tag of a model that answers ``/v1/embeddings`` (and only that)."""
 
 
 @dataclass
@@ -120,7 +140,7 @@ class ChatService:
             raise ModelNotFound(f"The model `{name}` does not exist on the marketplace")
         return model
 
-    async def start(self, req: ChatRequest, session_id: str | None) -> Reply:
+    async def start(self, req: PromptRequest, session_id: str | None) -> Reply:
         """Send the prompt and wait for its first chunk, failing over when allowed.
         The time this takes is the client's time to first token."""
         begun = time.perf_counter()
@@ -136,17 +156,20 @@ class ChatService:
         """A streamed answer completed: count its tokens (from the signed trailer)."""
         self.metrics.observe_answer(self._model_name(reply), ttft_s=None, usage=reply.usage)
 
-    async def complete(self, req: ChatRequest, session_id: str | None
-                       ) -> tuple[ChatCompletion, ConsumerSession]:
-        """A whole non-streamed answer. Nothing reaches the client before it is
-        complete, so a provider failing at any point is failed over (but not one whose
-        well-formed answer is no chat completion: that is reported)."""
+    async def complete(self, req: PromptRequest, session_id: str | None
+                       ) -> tuple[Answer, ConsumerSession]:
+        """A whole non-streamed answer (a chat or legacy completion, or embeddings).
+        Nothing reaches the client before it is complete, so a provider failing at any
+        point is failed over (but not one whose well-formed answer is not what was asked:
+        that is reported)."""
         async def whole(reply: Reply) -> tuple[dict[str, Any], ConsumerSession]:
             try:
                 async for _ in reply.stream:  # the signed trailer checks integrity
                     pass
             finally:
-                reply.close()  # read to its end, or its failure cancelled it already
+                # read to its end (or failed): nothing to cancel; stopped (the client
+                # left): cancelled at the provider before the turn is given back
+                await reply.aclose()
             self.finished(reply)
             try:
                 body = bounded_json.loads(reply.first, max_bytes=MAX_FRAME_BYTES)
@@ -157,10 +180,10 @@ class ChatService:
             return body, reply.session
         body, session = await self._with_failover(req, session_id, whole)
         try:
-            return ChatCompletion.model_validate(body), session
+            return ANSWERS[req.api].model_validate(body), session
         except ValidationError as exc:
             raise BadProviderResponse(f"provider {session.provider} sent an invalid "
-                                      f"completion: {exc.errors()[0]['msg']}") from None
+                                      f"answer: {exc.errors()[0]['msg']}") from None
 
     def _model_name(self, reply: Reply) -> str:
         return self._name_of(reply.session)
@@ -169,9 +192,20 @@ class ChatService:
         model = self.index.models.get(session.model_id.lower())
         return model.name if model is not None and model.name else session.model_id
 
-    async def _with_failover(self, req: ChatRequest, session_id: str | None,
+    def resolve_for(self, name: str, api: PromptApi) -> Model:
+        """The model ``name`` if it does what ``api`` asks (by its on-chain tags)."""
+        model = self.resolve_model(name)
+        embedding = EMBEDDING_TAG in model.tags
+        if embedding and api != "embeddings":
+            raise WrongModelKind(f"`{name}` is an embedding model: use /v1/embeddings")
+        if api == "embeddings" and not embedding:
+            raise WrongModelKind(f"`{name}` is not an embedding model (its on-chain tags "
+                                 f"lack `{EMBEDDING_TAG}`)")
+        return model
+
+    async def _with_failover(self, req: PromptRequest, session_id: str | None,
                              consume: Callable[[Reply], Awaitable[T]]) -> T:
-        model_id = self.resolve_model(req.model).id
+        model_id = self.resolve_for(req.model, req.api).id
         payload = json.dumps(req.upstream_body()).encode()
         if len(payload) > MAX_PAYLOAD_BYTES:  # would not fit one frame once sealed
             raise RequestTooLarge(f"the request is {len(payload)} bytes; a prompt may be at "
@@ -191,7 +225,7 @@ class ChatService:
                                           f"{last_error}; {exc}") from None
             self.sessions.touch(session.session_id)
             try:
-                return await consume(await self._attempt(session, payload))
+                return await consume(await self._attempt(session, payload, req.api))
             except (RpcError, RpcUnavailable, TimeoutError) as exc:
                 last_error = _describe(session, exc)
                 step = verdict(exc)
@@ -227,12 +261,13 @@ class ChatService:
             raise SessionModelMismatch(f"session {session_id} is for model {session.model_id}")
         return session
 
-    async def _attempt(self, session: ConsumerSession, payload: bytes) -> Reply:
+    async def _attempt(self, session: ConsumerSession, payload: bytes, api: PromptApi
+                       ) -> Reply:
         """Wait for a turn on the session, send the prompt, wait for its first chunk.
         The turn is held by the returned ``Reply`` until its ``close()``."""
         await self._turn(session)
         try:
-            return await self._send(session, payload)
+            return await self._send(session, payload, api)
         except BaseException:
             session.turns.release()
             raise
@@ -281,13 +316,14 @@ class ChatService:
                 counts.pop(key, None)
         self.metrics.prompt_queue_depth(name, self._queued.get(name, 0))
 
-    async def _send(self, session: ConsumerSession, payload: bytes) -> Reply:
+    async def _send(self, session: ConsumerSession, payload: bytes, api: PromptApi) -> Reply:
         client = self.sessions.pool.get(session.endpoint, session.provider)
         cipher = await client.cipher_for(session.key)
-        stream = client.stream("session.prompt",
-                               {"sessionId": session.session_id,
-                                "key": session.key.public_key_hex, "format": SSE_FORMAT},
-                               cipher=cipher, payload=payload)
+        params = {"sessionId": session.session_id, "key": session.key.public_key_hex,
+                  "format": SSE_FORMAT}
+        if api != "chat":  # absent for chat: what every provider version understands
+            params["api"] = api
+        stream = client.stream("session.prompt", params, cipher=cipher, payload=payload)
         try:
             async with asyncio.timeout(self.first_token_timeout):
                 first = await stream.__anext__()

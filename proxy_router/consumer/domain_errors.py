@@ -37,6 +37,11 @@ class SessionModelMismatch(ConsumerError, ValueError):
     """The session the client named serves another model than the one asked for."""
 
 
+class WrongModelKind(ConsumerError, ValueError):
+    """The route asks what the model does not do: an embedding (tagged ``embedding`` on
+    chain) asked to chat, a chat model asked for embeddings."""
+
+
 class RequestTooLarge(ConsumerError, ValueError):
     """The prompt would not fit one sealed MOR-RPC frame."""
 

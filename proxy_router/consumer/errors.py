@@ -109,7 +109,18 @@ class HttpError:
             headers["Retry-After"] = str(_data_int(exc, "retryAfter", 1, MAX_RETRY_AFTER_S)
                                          or self.retry_after)
         return ApiError(self.status, self.code, self.message(exc), type_=self.type,
-                        param=self.param, headers=headers)
+                        param=self.param or _data_param(exc), headers=headers)
+
+
+_PARAM = re.compile(r"[A-Za-z0-9_.\[\]-]{1,128}")
+
+
+def _data_param(exc: Exception) -> str | None:
+    """The field a provider's refusal names (its ``param``: a peer's, so checked to be a
+    short field path), or None."""
+    data = exc.data if isinstance(exc, RpcError) else None
+    value = data.get("param") if isinstance(data, dict) else None
+    return value if isinstance(value, str) and _PARAM.fullmatch(value) else None
 
 
 def _data_int(exc: Exception, key: str, low: int, high: int) -> int | None:
@@ -128,6 +139,7 @@ HTTP_ERRORS: dict[type[Exception] | ErrorCode, HttpError] = {
     d.SessionNotFound: HttpError(404, "session_not_found"),
     d.NoOpenSession: HttpError(404, "session_not_found", param="session_id"),
     d.SessionModelMismatch: HttpError(400, "session_model_mismatch", param="model"),
+    d.WrongModelKind: HttpError(400, "model_not_supported", param="model"),
     d.RequestTooLarge: HttpError(413, "request_too_large", param="messages"),
     d.NotSessionUser: HttpError(403, "not_session_user"),
     d.SessionClosed: HttpError(409, "session_closed"),

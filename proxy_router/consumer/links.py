@@ -167,6 +167,9 @@ class LumerinProvider:
                payload: bytes | None = None) -> LumerinStream:
         if method != "session.prompt" or payload is None:
             raise RpcError(ErrorCode.UNKNOWN_METHOD, f"{method} does not stream here")
+        if params.get("api", "chat") != "chat":
+            raise RpcError(ErrorCode.BAD_REQUEST, f"provider {self.endpoint} speaks the "
+                           "reference wire, which carries chat completions only")
         return LumerinStream(self, str(params["sessionId"]), payload)
 
     async def cipher_for(self, session_key: Any) -> None:

@@ -12,7 +12,7 @@ in ``errors.py``; ``/healthcheck``'s is ``Health`` in ``proxy_router.health``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -28,6 +28,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from proxy_router import bounded_json
 from proxy_router.consumer.errors import ApiError, bad_request
+from proxy_router.morrpc.protocol import PromptApi
 
 
 def _decimal(value: Any) -> Any:
@@ -257,10 +258,12 @@ class ChatRequest(_Open):
     Keys OpenAI does not document (llama.cpp's ``top_k``, ``min_p``...) are kept and
     forwarded: the provider knows its model server, and refuses (400) what it would
     ignore (``provider/normalize.py``), as it maps ``max_completion_tokens``, the
-    ``developer`` role and ``json_schema`` for it. ``n > 1`` is refused here until
-    several choices can be served.
+    ``developer`` role and ``json_schema`` for it. ``n`` (several choices, each a whole
+    generation on a slot of the provider) is capped at ``MAX_CHOICES``, below OpenAI's
+    128: a 400 ``unsupported_value`` above it.
     """
 
+    api: ClassVar[PromptApi] = "chat"
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
@@ -300,9 +303,11 @@ class ChatRequest(_Open):
 
     @field_validator("n")
     @classmethod
-    def _one_choice(cls, n: int | None) -> int | None:
-        if n is not None and n > 1:
-            raise PydanticCustomError(UNSUPPORTED, "n>1 is not supported yet")
+    def _few_choices(cls, n: int | None) -> int | None:
+        if n is not None and n > MAX_CHOICES:
+            raise PydanticCustomError(
+                UNSUPPORTED, "at most {limit} choices per request are served here",
+                {"limit": MAX_CHOICES})
         return n
 
     @model_validator(mode="after")
@@ -329,6 +334,8 @@ class ChatRequest(_Open):
                                exclude={"stream_options", "model"})
 
 
+MAX_CHOICES = 16
+"""Most choices (``n``) one chat request may ask for; the provider caps it alike."""
 UNSUPPORTED = "unsupported_value"
 """The code of a valid OpenAI request this marketplace cannot serve (yet)."""
 INCONSISTENT = "invalid_value"

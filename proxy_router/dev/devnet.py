@@ -38,6 +38,8 @@ from proxy_router.provider.llama import EmbeddedLlamaServer
 
 DEPLOYER, PROVIDER, USER, FEE_RECIPIENT = 0, 1, 2, 9
 MODEL_NAME = "SmolLM2-135M-Instruct"
+EMBEDDING_MODEL_NAME = "SmolLM2-135M-Embedding"
+"""The same GGUF in llama.cpp's embedding mode (mean-pooled), tagged ``embedding``."""
 PRICE_PER_SECOND = 10**14  # 0.0001 MOR/s
 ROUTER_ENV_KEYS = ("ETH_NODE_ADDRESS", "ETH_NODE_CHAIN_ID", "ETH_NODE_START_BLOCK",
                    "WALLET_PRIVATE_KEY", "KEYSTORE_PATH", "NETWORK", "DEPLOYMENT_FILE",
@@ -74,6 +76,11 @@ class DevnetState:
     """``double`` (ours) or ``reference`` (the reference's own contracts), or ""."""
     funding_account: str = ""
     """Morpheus: the account whose MOR pays stake-mode sessions."""
+    embedding_model_name: str = ""
+    """The model ``/v1/embeddings`` answers for ("" when the devnet runs none: a devnet
+    in front of a given backend)."""
+    embedding_model_id: str = ""
+    embedding_bid_id: str = ""
 
     def save(self) -> None:
         path = Path(self.root) / "state.json"
@@ -178,6 +185,7 @@ class Devnet:
         self.spawn("anvil", anvil_cmd)
         self.wait_until("anvil", lambda: _rpc_ok(rpc_url), 30, "anvil")
 
+        embedding_url = ""
         if backend_url is None:
             gguf = smollm2_gguf_path()
             llama = EmbeddedLlamaServer(gguf, port=free_port(), model_alias=MODEL_NAME,
@@ -185,22 +193,33 @@ class Devnet:
             self._say(f"starting llama.cpp with {gguf.name} (loading the model...)")
             self.spawn("llama", llama.command())
             backend_url = llama.base_url
+            embedder = EmbeddedLlamaServer(gguf, port=free_port(),
+                                           model_alias=EMBEDDING_MODEL_NAME, n_ctx=2048,
+                                           n_threads=1, embedding=True)
+            self.spawn("llama-embed", embedder.command())
+            embedding_url = embedder.base_url
 
         provider_port = free_port()
         endpoint = f"127.0.0.1:{provider_port}"
         what = f"the Morpheus diamond ({self.diamond})" if self.flavor == "morpheus" \
             else "MorToken + Marketplace"
         self._say(f"deploying {what}, registering provider, model and bid")
-        chain = asyncio.run(self._onboard(rpc_url, endpoint))
+        chain = asyncio.run(self._onboard(rpc_url, endpoint, embeddings=bool(embedding_url)))
 
         if "llama" in self.pids:
             self.wait_until("llama.cpp", lambda: _http_ok(backend_url + "/models"), 180, "llama")
             self._say(f"llama.cpp ready at {backend_url}")
+        models = [{"modelId": chain["model_id"], "modelName": MODEL_NAME, "apiType": "openai",
+                   "apiUrl": backend_url, "concurrentSlots": slots}]
+        if embedding_url:
+            self.wait_until("llama.cpp embeddings",
+                            lambda: _http_ok(embedding_url + "/models"), 180, "llama-embed")
+            models.append({"modelId": chain["embedding_model_id"],
+                           "modelName": EMBEDDING_MODEL_NAME, "modelType": "embedding",
+                           "apiUrl": embedding_url, "concurrentSlots": slots})
 
         models_config = self.root / "models-config.json"
-        models_config.write_text(json.dumps({"models": [{
-            "modelId": chain["model_id"], "modelName": MODEL_NAME, "apiType": "openai",
-            "apiUrl": backend_url, "concurrentSlots": slots}]}, indent=2) + "\n")
+        models_config.write_text(json.dumps({"models": models}, indent=2) + "\n")
         market_env = {"MARKETPLACE_FLAVOR": "morpheus",
                       "DIAMOND_CONTRACT_ADDRESS": chain["marketplace"]} \
             if self.flavor == "morpheus" else {"MARKETPLACE_ADDRESS": chain["marketplace"]}
@@ -236,7 +255,10 @@ class Devnet:
             provider_address=dev_address(PROVIDER), root=str(self.root), pids=dict(self.pids),
             deploy_block=int(chain["deploy_block"]), flavor=self.flavor,
             diamond=self.diamond if self.flavor == "morpheus" else "",
-            funding_account=chain.get("funding_account", ""))
+            funding_account=chain.get("funding_account", ""),
+            embedding_model_name=EMBEDDING_MODEL_NAME if embedding_url else "",
+            embedding_model_id=chain.get("embedding_model_id", ""),
+            embedding_bid_id=chain.get("embedding_bid_id", ""))
         state.save()
         self.state = state
         self._say("devnet is up")
@@ -312,8 +334,10 @@ class Devnet:
         path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
         path.chmod(0o600)
 
-    async def _onboard(self, rpc_url: str, endpoint: str) -> dict[str, str]:
-        """Deploy the marketplace of ``self.flavor``, then list the model on it."""
+    async def _onboard(self, rpc_url: str, endpoint: str, *, embeddings: bool
+                       ) -> dict[str, str]:
+        """Deploy the marketplace of ``self.flavor``, then list the model on it (and the
+        embedding model, when ``embeddings``)."""
         if self.flavor == "morpheus":
             net = await deploy_morpheus(self.diamond, rpc_url)
             chain = {"marketplace": net.diamond, "token": net.mor,
@@ -336,6 +360,13 @@ class Devnet:
                 keccak(text=MODEL_NAME), b"\x00" * 32, await market.model_min_stake(),
                 MODEL_NAME, ["llm", "gguf", "smollm2"])
             chain["bid_id"], _ = await market.post_bid(chain["model_id"], PRICE_PER_SECOND)
+            if embeddings:
+                chain["embedding_model_id"], _ = await market.register_model(
+                    keccak(text=EMBEDDING_MODEL_NAME), b"\x00" * 32,
+                    await market.model_min_stake(), EMBEDDING_MODEL_NAME,
+                    ["embedding", "gguf", "smollm2"])
+                chain["embedding_bid_id"], _ = await market.post_bid(
+                    chain["embedding_model_id"], PRICE_PER_SECOND)
         finally:
             await client.close()
         return chain
@@ -348,7 +379,7 @@ class Devnet:
         order = ["consumer", "provider", "llama", "anvil"]
 
         def rank(name: str) -> int:
-            base = name.rstrip("0123456789")
+            base = name.rstrip("0123456789").removesuffix("-embed")
             return order.index(base) if base in order else -1
 
         for name in sorted(pids, key=rank):

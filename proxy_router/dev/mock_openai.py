@@ -1,7 +1,8 @@
 """MOCK OpenAI-compatible chat server, for unit tests and benchmark baselines only.
 
-It fakes `POST /v1/chat/completions` (stream and not) and `GET /v1/models` with
-canned tokens; nothing here runs a model. Behaviour is set by `MockOpenAIOptions`
+It fakes `POST /v1/chat/completions` (stream and not), the legacy `/v1/completions`,
+`/v1/embeddings` and `GET /v1/models` with canned tokens and vectors; nothing here
+runs a model. Behaviour is set by `MockOpenAIOptions`
 and can be changed between requests through `MockOpenAIServer.options`:
 
 - `mode="ok"`: `tokens` tokens (capped by the request's `max_tokens`), each after
@@ -22,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import signal
+import struct
 import sys
 import time
 import urllib.request
@@ -95,6 +98,8 @@ class MockOpenAIServer:
     def make_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._legacy)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
         return app
 
@@ -175,6 +180,73 @@ class MockOpenAIServer:
                 },
             }
         )
+
+    async def _legacy(self, request: web.Request) -> web.StreamResponse:
+        """A legacy completion: ``tokens`` times ``token_text`` (``max_tokens`` caps it)."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "request body is not JSON")
+        if not isinstance(body, dict) or "prompt" not in body:
+            return _error(400, "'prompt' is required")
+        self.requests_seen += 1
+        self.last_request = body
+        opts = self.options
+        if opts.mode == "fail":
+            return _error(opts.fail_status, opts.fail_message)
+        limit = body.get("max_tokens")
+        n = opts.tokens if not isinstance(limit, int) else min(opts.tokens, limit)
+        finish = "length" if n < opts.tokens else "stop"
+        head = {"id": "cmpl-mock", "object": "text_completion", "created": int(time.time()),
+                "model": str(body.get("model") or opts.model)}
+        prompt = len(str(body["prompt"])) // 4 + 1
+        usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
+        if not body.get("stream"):
+            return web.json_response({**head, "choices": [{
+                "index": 0, "text": opts.token_text * n, "finish_reason": finish,
+                "logprobs": None}], "usage": usage})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(n + 1):
+            if opts.token_delay:
+                await asyncio.sleep(opts.token_delay)
+            choice = {"index": 0, "text": opts.token_text if i < n else "",
+                      "finish_reason": None if i < n else finish, "logprobs": None}
+            await resp.write(b"data: " + _json({**head, "choices": [choice]}) + b"\n\n")
+        options = body.get("stream_options") or {}
+        if isinstance(options, dict) and options.get("include_usage"):
+            await resp.write(b"data: " + _json({**head, "choices": [], "usage": usage})
+                             + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        """Embeddings: 8 numbers per input, the same for the same input."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "request body is not JSON")
+        given = body.get("input") if isinstance(body, dict) else None
+        if not given:
+            return _error(400, "'input' is required")
+        self.requests_seen += 1
+        self.last_request = body
+        if self.options.mode == "fail":
+            return _error(self.options.fail_status, self.options.fail_message)
+        inputs = given if isinstance(given, list) and not all(
+            isinstance(t, int) for t in given) else [given]
+        data = []
+        for i, item in enumerate(inputs):
+            seed = sum(str(item).encode()) or 1
+            vector = [((seed * (k + 3)) % 97) / 97 for k in range(8)]
+            shown: Any = vector
+            if body.get("encoding_format") == "base64":
+                shown = base64.b64encode(struct.pack("<8f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": shown})
+        used = sum(len(str(item)) // 4 + 1 for item in inputs)
+        return web.json_response({"object": "list", "data": data, "model": self.options.model,
+                                  "usage": {"prompt_tokens": used, "total_tokens": used}})
 
     async def _stream(
         self,

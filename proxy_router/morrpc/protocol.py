@@ -18,7 +18,7 @@ it answers, so a recorded response cannot be replayed against a later request.
 from __future__ import annotations
 
 import json
-from typing import Any, TypeGuard
+from typing import Any, Literal, TypeGuard
 
 from proxy_router import bounded_json
 
@@ -38,6 +38,10 @@ MAX_PAYLOAD_BYTES = (MAX_FRAME_BYTES - 64 * 1024) * 3 // 4 - 16
 with 64 KiB for the envelope; the consumer refuses larger ones with 413 before sealing."""
 MAX_ID_LENGTH = 128
 SSE_FORMAT = "sse"
+PromptApi = Literal["chat", "completions", "embeddings"]
+"""What a ``session.prompt`` asks (its ``api`` param; absent means ``chat``): the OpenAI
+route of the same name on the provider's model server."""
+PROMPT_APIS: tuple[PromptApi, ...] = ("chat", "completions", "embeddings")
 """``session.prompt`` param ``format``, the one chunk format of protocol version 1: stream
 chunks are ready-to-write SSE bytes (``data: {…}\n\n``, one or more events per chunk)."""
 

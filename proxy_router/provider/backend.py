@@ -29,6 +29,7 @@ from typing import Any, Literal
 import aiohttp
 
 from proxy_router import bounded_json
+from proxy_router.morrpc.protocol import PromptApi
 from proxy_router.provider.sse_decoder import (
     SSEDecoder,
     SSEProtocolError,
@@ -326,8 +327,14 @@ async def read_capped(content: aiohttp.StreamReader, limit: int, *,
     raise BackendError(502, f"backend reply exceeds {limit} bytes")
 
 
+ROUTES: dict[PromptApi, str] = {"chat": "/chat/completions", "completions": "/completions",
+                                "embeddings": "/embeddings"}
+"""The model server's route for each prompt api, under its ``/v1`` base."""
+
+
 class OpenAIBackend:
-    """Streams and non-stream chat completions from one model on an OpenAI-style server."""
+    """Streams and non-stream answers (chat, legacy completions, embeddings) from one model
+    on an OpenAI-style server."""
 
     def __init__(
         self,
@@ -347,7 +354,8 @@ class OpenAIBackend:
         self.model_name = model_name
         self.timeouts = timeouts or BackendTimeouts()
         self.on_abort = on_abort
-        self._url = base + "/chat/completions"
+        self._urls = {api: base + route for api, route in ROUTES.items()}
+        self._url = self._urls["chat"]
         # llama-cpp-python serves its tokenizer beside /v1, not under it
         root = base[: -len("/v1")] if base.endswith("/v1") else base
         self._count_url = root + "/extras/tokenize/count"
@@ -364,9 +372,12 @@ class OpenAIBackend:
             total=t.total, connect=t.connect, sock_connect=t.connect
         )
 
-    def _payload(self, body: Mapping[str, Any], *, stream: bool) -> bytes:
+    def _payload(self, body: Mapping[str, Any], *, stream: bool, api: PromptApi = "chat"
+                 ) -> bytes:
         payload = {**body, "model": self.model_name, "stream": stream}
-        if stream:
+        if api == "embeddings":  # no stream at all there
+            payload.pop("stream")
+        elif stream:
             options = body.get("stream_options")
             extra = options if isinstance(options, Mapping) else {}
             payload["stream_options"] = {**extra, "include_usage": True}
@@ -374,20 +385,22 @@ class OpenAIBackend:
             payload.pop("stream_options", None)  # OpenAI rejects it when stream is false
         return json.dumps(payload, separators=(",", ":")).encode()
 
-    async def _post(self, payload: bytes, wait_for: str) -> aiohttp.ClientResponse:
+    async def _post(self, payload: bytes, wait_for: str, api: PromptApi = "chat"
+                    ) -> aiohttp.ClientResponse:
         """POST and return a 2xx response; map everything else to BackendFailure."""
+        url = self._urls[api]
         try:
             resp = await self._session.post(
-                self._url, data=payload, headers=self._headers, timeout=self._client_timeout
+                url, data=payload, headers=self._headers, timeout=self._client_timeout
             )
         except TimeoutError:
-            raise BackendUnavailable(f"timed out waiting for {wait_for} from {self._url}") from None
+            raise BackendUnavailable(f"timed out waiting for {wait_for} from {url}") from None
         except aiohttp.ClientConnectorError as exc:
             refused = isinstance(exc.os_error, ConnectionRefusedError)
             why = "connection refused" if refused else str(exc.os_error or exc)
-            raise BackendUnavailable(f"cannot connect to {self._url}: {why}") from None
+            raise BackendUnavailable(f"cannot connect to {url}: {why}") from None
         except aiohttp.ClientError as exc:
-            raise BackendUnavailable(f"{type(exc).__name__} from {self._url}: {exc}") from None
+            raise BackendUnavailable(f"{type(exc).__name__} from {url}: {exc}") from None
         if resp.status // 100 != 2:
             try:
                 raw = await read_capped(resp.content, _MAX_ERROR_BODY, truncate=True)
@@ -401,9 +414,10 @@ class OpenAIBackend:
         return resp
 
     async def stream_events(
-        self, body: Mapping[str, Any], meter: UsageMeter | None = None
+        self, body: Mapping[str, Any], meter: UsageMeter | None = None,
+        api: PromptApi = "chat",
     ) -> AsyncGenerator[list[bytes], None]:
-        """Yield the raw JSON payloads of a streamed chat completion, in batches.
+        """Yield the raw JSON payloads of a streamed chat (or legacy) completion, in batches.
 
         A batch is every event one read of the response brought (at most
         `_MAX_BATCH_BYTES`), except that the very first event is yielded alone, so the
@@ -420,7 +434,7 @@ class OpenAIBackend:
         """
         started = time.monotonic()
         try:
-            resp = await self._open_stream(body)
+            resp = await self._open_stream(body, api)
         except asyncio.CancelledError:  # aiohttp closes a connection it was cancelled on
             self._aborted()
             raise
@@ -462,10 +476,10 @@ class OpenAIBackend:
             else:
                 resp.close()
         if ended is not None:
-            raise await self._refusal_behind(body, ended)
+            raise await self._refusal_behind(body, ended, api)
 
-    async def _refusal_behind(self, body: Mapping[str, Any], ended: BackendStreamBroken
-                              ) -> BackendFailure:
+    async def _refusal_behind(self, body: Mapping[str, Any], ended: BackendStreamBroken,
+                              api: PromptApi) -> BackendFailure:
         """Why a stream ended before its first event: the refusal the same request gets
         unstreamed, else ``ended``.
 
@@ -482,7 +496,7 @@ class OpenAIBackend:
         for _ in range(2):
             try:
                 async with asyncio.timeout(self.timeouts.first_token):
-                    await self.complete_chat(probe)
+                    await self.complete(probe, api)
             except BackendError as exc:
                 return exc if exc.refusal != "failed" else ended
             except BackendUnavailable:
@@ -492,12 +506,14 @@ class OpenAIBackend:
             break
         return ended
 
-    async def _open_stream(self, body: Mapping[str, Any]) -> aiohttp.ClientResponse:
+    async def _open_stream(self, body: Mapping[str, Any], api: PromptApi
+                           ) -> aiohttp.ClientResponse:
         """POST the streamed request; its headers must come within the first-token deadline."""
         deadline = self.timeouts.first_token
         try:
             async with asyncio.timeout(deadline):
-                return await self._post(self._payload(body, stream=True), "response headers")
+                return await self._post(self._payload(body, stream=True, api=api),
+                                        "response headers", api)
         except TimeoutError:
             raise BackendUnavailable(
                 f"no response within {deadline:g} s from {self._url}"
@@ -527,12 +543,18 @@ class OpenAIBackend:
             self.on_abort()
 
     async def complete_chat(self, body: Mapping[str, Any]) -> JSON:
-        """Return a non-stream chat completion (OpenAI `chat.completion` object).
+        """Return a non-stream chat completion (OpenAI `chat.completion` object)."""
+        return await self.complete(body, "chat")
+
+    async def complete(self, body: Mapping[str, Any], api: PromptApi) -> JSON:
+        """Return the whole non-stream answer of ``api`` (a `chat.completion`, a
+        `text_completion` or an embedding `list`).
 
         Cancelled, it closes the connection (an abort); llama-cpp-python still finishes
         a non-stream generation it has started, as it never looks at the connection."""
         try:
-            resp = await self._post(self._payload(body, stream=False), "the completion")
+            resp = await self._post(self._payload(body, stream=False, api=api),
+                                    "the answer", api)
         except asyncio.CancelledError:
             self._aborted()
             raise
@@ -565,7 +587,8 @@ class OpenAIBackend:
             raise err
         return doc
 
-    async def prompt_tokens(self, body: Mapping[str, Any]) -> int | None:
+    async def prompt_tokens(self, body: Mapping[str, Any], api: PromptApi = "chat"
+                            ) -> int | None:
         """The backend's own prompt count for ``body``, for a stream that reported none:
         the usage of the same request unstreamed for one token (None if it has none).
 
@@ -581,7 +604,7 @@ class OpenAIBackend:
         probe["max_tokens"] = 1
         try:
             async with asyncio.timeout(COUNT_TIMEOUT_S):
-                reply = await self.complete_chat(probe)
+                reply = await self.complete(probe, api)
         except (BackendFailure, TimeoutError):
             return None
         usage = reply.get("usage")
@@ -657,9 +680,11 @@ class _EventBatcher:
     shape check, which keeps the per-token cost at a few byte searches.
     """
 
-    __slots__ = ("_observe", "chunks", "finished")
+    __slots__ = ("_calls", "_observe", "chunks", "finished")
 
     def __init__(self, meter: UsageMeter | None) -> None:
+        self._calls: set[tuple[Any, Any]] = set()
+        """(choice index, tool call index) of the calls already named to the client."""
         self._observe: Callable[[bytes, JSON | None], None] | None = (
             meter.observe_raw if meter is not None else None)
         self.chunks = 0
@@ -678,6 +703,10 @@ class _EventBatcher:
                     yield batch  # what came before the error still counts
                 raise
             self.chunks += 1
+            if b'_call' in payload:  # "tool_calls" or "function_call": rare, parsed here
+                event = event or parse_event(payload)
+                if _name_calls_once(event, self._calls):
+                    payload = json.dumps(event, separators=(",", ":")).encode()
             if self._observe is not None:
                 self._observe(payload, event)
             batch.append(payload)
@@ -703,3 +732,38 @@ class _EventBatcher:
             self.finished = any(choice.get("finish_reason")
                                 for choice in event.get("choices") or ())
         return event
+
+
+def _name_calls_once(event: JSON, named: set[tuple[Any, Any]]) -> bool:
+    """Strip what a streamed tool call repeats after its first delta (its ``id``,
+    ``type`` and function ``name``; a legacy ``function_call``'s ``name``), as OpenAI
+    streams them: llama-cpp-python repeats them in every delta, and clients that merge
+    deltas (langchain, the SDK's stream helper) read a name "weatherweather...".
+    ``named`` holds the calls seen so far; True when the event was changed."""
+    changed = False
+    for choice in event.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(delta, dict):
+            continue
+        where = choice.get("index")
+        calls = delta.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            if not isinstance(call, dict):
+                continue
+            key = (where, call.get("index"))
+            if key not in named:
+                named.add(key)
+                continue
+            function = call.get("function")
+            for k in ("id", "type"):
+                changed |= call.pop(k, None) is not None
+            if isinstance(function, dict):
+                changed |= function.pop("name", None) is not None
+        legacy = delta.get("function_call")
+        if isinstance(legacy, dict):
+            key = (where, "function_call")
+            if key not in named:
+                named.add(key)
+            else:
+                changed |= legacy.pop("name", None) is not None
+    return changed

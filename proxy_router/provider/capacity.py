@@ -11,7 +11,9 @@ Two limits share each model's `concurrentSlots`:
   limit below is what protects the backend, and it is hard.
 - **Prompts.** At most N prompts stream at once per model, and at most
   `prompts_per_session` per session (those waiting included), so one cheap session
-  cannot hold every slot: its next prompt fails fast (`SessionBusy`).
+  cannot hold every slot: its next prompt fails fast (`SessionBusy`). A prompt asking
+  for several choices (`n`) also takes what slots are free beside its own, never
+  waiting for them (`extra_slots`).
 
 A prompt that finds every slot of its model busy waits for one in the model's FIFO
 (a burst of requests is served in turn, not refused): at most `queue_depth` wait, each
@@ -154,6 +156,34 @@ class PromptSlot:
                 per_session.pop(sid, None)
 
 
+class ExtraSlots:
+    """`with` guard holding the free slots a prompt could take beside its own (see
+    `CapacityManager.extra_slots`); `held` says how many it got, maybe none."""
+
+    __slots__ = ("_manager", "_model_id", "_state", "_wanted", "held")
+
+    def __init__(self, manager: CapacityManager, model_id: str, state: _ModelState,
+                 wanted: int) -> None:
+        self._manager = manager
+        self._model_id = model_id
+        self._state = state
+        self._wanted = wanted
+        self.held = 0
+
+    def __enter__(self) -> ExtraSlots:
+        state = self._state
+        if not state.waiters:  # a queued prompt is never overtaken
+            self.held = max(0, min(self._wanted, state.slots - state.prompts))
+            state.prompts += self.held
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        held, self.held = self.held, 0
+        for _ in range(held):
+            self._manager._give_slot(self._model_id, self._state)
+
+
 class CapacityManager:
     """Slot accounting per model id (case-insensitive hex). Times are unix seconds."""
 
@@ -256,6 +286,15 @@ class CapacityManager:
         wait runs out."""
         mid, state = self._state(model_id)
         return PromptSlot(self, mid, state, session_id)
+
+    def extra_slots(self, model_id: str, wanted: int) -> ExtraSlots:
+        """`with capacity.extra_slots(m, k) as extra:` — up to `k` more prompt slots for
+        a prompt that holds one already (its `n` choices), taken at once or not at all:
+        only slots free while nobody waits, so the model's queue is never overtaken, and
+        not counted against `prompts_per_session` (they serve the same prompt). Freed on
+        exit, to the first waiter."""
+        mid, state = self._state(model_id)
+        return ExtraSlots(self, mid, state, wanted)
 
     def prompts_in_flight(self, model_id: str) -> int:
         return self._state(model_id)[1].prompts

@@ -67,7 +67,9 @@ class EmbeddedLlamaServer:
         extra_args: Mapping[str, str | int | float | bool] | None = None,
         log_path: str | Path | None = None,
         startup_timeout: float = 120.0,
+        embedding: bool = False,
     ) -> None:
+        """``embedding``: serve ``/v1/embeddings`` (``embedding_server``) instead of chat."""
         self.gguf_path = Path(gguf_path)
         self.host = host
         self.port = port if port is not None else free_port()
@@ -76,6 +78,7 @@ class EmbeddedLlamaServer:
         self.model_alias = model_alias or self.gguf_path.stem
         self.extra_args = dict(extra_args or {})
         self.startup_timeout = startup_timeout
+        self.embedding = embedding
         self.log_path = Path(log_path) if log_path else self._default_log_path()
         self._proc: ManagedProcess | None = None
 
@@ -91,6 +94,7 @@ class EmbeddedLlamaServer:
             n_ctx=args.n_ctx if args else 2048,
             n_threads=args.n_threads if args else None,
             extra_args=args.extra_args() if args else None,
+            embedding=model.model_type == "embedding",
             **kwargs,  # type: ignore[arg-type]
         )
 
@@ -114,7 +118,15 @@ class EmbeddedLlamaServer:
     def command(self) -> list[str]:
         """The child's argv. `interrupt_requests` is off: by default llama_cpp.server
         cuts a running stream as soon as another request waits, which would break
-        concurrent prompts from several sessions."""
+        concurrent prompts from several sessions. An embedding model runs our
+        ``embedding_server`` (llama_cpp.server cannot pool a chat model's vectors)."""
+        if self.embedding:
+            cmd = [sys.executable, "-m", "proxy_router.provider.embedding_server",
+                   "--model", str(self.gguf_path), "--model_alias", self.model_alias,
+                   "--host", self.host, "--port", str(self.port), "--n_ctx", str(self.n_ctx)]
+            if self.n_threads is not None:
+                cmd += ["--n_threads", str(self.n_threads)]
+            return cmd
         cmd = [
             sys.executable, "-m", "llama_cpp.server",
             "--model", str(self.gguf_path),

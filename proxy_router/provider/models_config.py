@@ -14,8 +14,8 @@ Two formats load, told apart by the document itself:
   the reference has (`capacityPolicy`, `parameters`), or its older form, an object
   keyed by modelId. It is read as leniently as the reference reads it: an entry this
   router cannot serve (an `apiType` other than `openai`, such as `claudeai`,
-  `prodia-v2` or `hyperbolic-sd`, or an `openai` URL that is not a chat endpoint:
-  embeddings, audio, images) is skipped with a warning instead of refusing the file;
+  `prodia-v2` or `hyperbolic-sd`, or an `openai` URL that is neither a chat nor an
+  embeddings endpoint: audio, images) is skipped with a warning instead of refusing the file;
   unknown keys, `parameters` and `capacityPolicy: idle_timeout` (we count a session's
   slot until its end, the reference's `simple`) are warned about and ignored. An entry
   that is malformed (a bad modelId or URL, no modelName) still fails the file.
@@ -46,16 +46,20 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from proxy_router.morrpc.protocol import PromptApi
+
 DEFAULT_CONCURRENT_SLOTS = 8
 _MODEL_ID_RE = re.compile(r"(0x)?[0-9a-f]{64}")
 # What the reference's format has that ours does not, and the keys ours knows.
 _REFERENCE_KEYS = frozenset({"capacityPolicy", "parameters"})
 _OUR_KEYS = frozenset({"modelId", "modelName", "apiType", "apiUrl", "apiKey",
-                       "concurrentSlots", "gguf", "llamaArgs"})
+                       "concurrentSlots", "modelType", "gguf", "llamaArgs"})
 _REFERENCE_API_TYPES = frozenset({"openai", "claudeai", "prodia-sd", "prodia-sdxl",
                                   "prodia-v2", "hyperbolic-sd"})
-# OpenAI-compatible endpoints that are not chat completions (the reference routes by URL).
-_NOT_CHAT = ("/embeddings", "/audio/speech", "/audio/transcriptions", "/audio/translations",
+# OpenAI-compatible endpoints we do not serve (the reference routes by URL; an
+# `/embeddings` URL is an embedding model of ours).
+_EMBEDDINGS_SUFFIX = "/embeddings"
+_NOT_CHAT = ("/audio/speech", "/audio/transcriptions", "/audio/translations",
              "/images/generations", "/completions")
 _CHAT_SUFFIX = "/chat/completions"
 # The embedded server sets these itself; letting llamaArgs override them would
@@ -120,6 +124,9 @@ class ModelConfig(BaseModel):
     api_url: str | None = Field(default=None, alias="apiUrl")
     api_key: str | None = Field(default=None, alias="apiKey", repr=False)
     concurrent_slots: int = Field(default=DEFAULT_CONCURRENT_SLOTS, alias="concurrentSlots", ge=1)
+    model_type: Literal["llm", "embedding"] = Field(default="llm", alias="modelType")
+    """``embedding``: the server answers ``/v1/embeddings`` only; ``llm``: chat and legacy
+    completions (a server cannot do both well: llama.cpp's embedding mode skips logits)."""
     gguf: Path | None = None
     llama_args: LlamaArgs | None = Field(default=None, alias="llamaArgs")
 
@@ -178,7 +185,13 @@ class ModelConfig(BaseModel):
             raise _conflict("apiUrl", "exactly one of apiUrl or gguf is required")
         if self.llama_args is not None and self.gguf is None:
             raise _conflict("llamaArgs", "llamaArgs only applies to a gguf model")
+        if self.model_type == "embedding" and self.llama_args and self.llama_args.model_extra:
+            raise _conflict("llamaArgs", "an embedding model takes only n_ctx and n_threads")
         return self
+
+    def serves(self, api: PromptApi) -> bool:
+        """Whether this model answers prompts of ``api``."""
+        return (api == "embeddings") == (self.model_type == "embedding")
 
     @property
     def embedded(self) -> bool:
@@ -264,13 +277,17 @@ def _skip_reason(entry: Mapping[str, Any]) -> str | None:
     if isinstance(url, str):
         path = urlsplit(url.strip()).path.rstrip("/")
         if not path.endswith("/chat/completions") and path.endswith(_NOT_CHAT):
-            return "apiUrl is not a chat completions endpoint (embeddings, audio, images...)"
+            return "apiUrl is not a chat or embeddings endpoint (audio, images...)"
     return None
 
 
 def _from_reference_entry(entry: Mapping[str, Any], label: str) -> dict[str, Any]:
     """Our form of one reference entry; what we ignore is warned about, by name only."""
     out = {k: v for k, v in entry.items() if k in _OUR_KEYS}
+    url = out.get("apiUrl")
+    if isinstance(url, str) and url.strip().rstrip("/").endswith(_EMBEDDINGS_SUFFIX):
+        out["apiUrl"] = url.strip().rstrip("/")[: -len(_EMBEDDINGS_SUFFIX)]
+        out["modelType"] = "embedding"
     name = entry.get("modelName")
     ignored = sorted(k for k in entry if k not in _OUR_KEYS | _REFERENCE_KEYS)
     if entry.get("parameters"):

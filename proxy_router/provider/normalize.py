@@ -36,6 +36,7 @@ from typing import Any
 import structlog
 
 from proxy_router.morrpc import ErrorCode, RpcError
+from proxy_router.provider.choices import MAX_CHOICES
 
 log = structlog.get_logger(__name__)
 
@@ -93,6 +94,10 @@ def _normalize(fields: dict[str, Any]) -> dict[str, Any]:
                        f"honour {'them' if several else 'it'}, and an answer without "
                        f"{'them' if several else 'it'} would not be the one asked for")
     out = {k: v for k, v in fields.items() if k in _PASSED}
+    if out.get("logprobs") is True and "top_logprobs" not in out:
+        # OpenAI answers each token's logprob without top_logprobs; the server, only
+        # with a count (null otherwise, without a word): 0 asks for the token's own.
+        out["top_logprobs"] = 0
     for mapper in dict.fromkeys(_MAPPED[k] for k in fields if k in _MAPPED):
         mapper(fields, out)
     return out
@@ -167,11 +172,15 @@ def _max_tokens(fields: dict[str, Any], out: dict[str, Any]) -> None:
 
 
 def _n(fields: dict[str, Any], out: dict[str, Any]) -> None:
+    """Several choices are ours to serve (``provider/choices.py``: the server answers
+    one), so ``n`` stays in the body only above 1, where it asks for that."""
     n = fields["n"]
     if not _is_int(n) or n < 1:
         raise _Refused("n", "must be an integer of at least 1")
+    if n > MAX_CHOICES:
+        raise _Refused("n", f"at most {MAX_CHOICES} choices per request")
     if n > 1:
-        raise _Refused("n", "n>1 is not supported yet")
+        out["n"] = n
 
 
 def _modalities(fields: dict[str, Any], out: dict[str, Any]) -> None:
@@ -410,3 +419,58 @@ _MAPPED: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
     "function_call": _function_call,
 }
 """Keys mapped (or checked) for the backend; each mapper writes its part of the body."""
+
+
+# -- legacy completions and embeddings ---------------------------------------------------
+
+_COMPLETION_PASSED = frozenset({
+    "model", "stream", "stream_options", "prompt", "suffix", "max_tokens", "temperature",
+    "top_p", "echo", "stop", "logprobs", "presence_penalty", "frequency_penalty",
+    "logit_bias", "seed", "min_tokens", "min_p", "top_k", "repeat_penalty",
+    "logit_bias_type", "mirostat_mode", "mirostat_tau", "mirostat_eta", "grammar",
+})
+_EMBEDDING_PASSED = frozenset({"model", "input", "encoding_format", "dimensions"})
+
+
+def normalize_completion(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A legacy ``/v1/completions`` request as the backend must receive it: one prompt
+    (a string or one token array; the server answers one), ``best_of`` of 1; ``n``
+    as for chat (several choices are served by ``provider/choices.py``)."""
+    try:
+        fields = {k: v for k, v in body.items() if v is not None}
+        out = _known(fields, _COMPLETION_PASSED, {"n", "best_of"})
+        prompt = fields.get("prompt")
+        if isinstance(prompt, list) and not all(isinstance(t, int) for t in prompt):
+            # several prompts (strings or token arrays), not one token array
+            if len(prompt) != 1:
+                raise _Refused("prompt", "one prompt per request: this provider's model "
+                               "server answers a single prompt")
+            out["prompt"] = prompt[0]
+        if "best_of" in fields and fields["best_of"] != 1:
+            raise _Refused("best_of", "best_of > 1 is not supported for legacy completions")
+        if "n" in fields:
+            _n(fields, out)
+        return out
+    except _Refused as exc:
+        raise RpcError(ErrorCode.BAD_REQUEST, str(exc), {"param": exc.param}) from None
+
+
+def normalize_embedding(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An ``/v1/embeddings`` request with only what changes the vectors."""
+    try:
+        return _known({k: v for k, v in body.items() if v is not None}, _EMBEDDING_PASSED,
+                      set())
+    except _Refused as exc:
+        raise RpcError(ErrorCode.BAD_REQUEST, str(exc), {"param": exc.param}) from None
+
+
+def _known(fields: dict[str, Any], passed: frozenset[str], mapped: set[str]
+           ) -> dict[str, Any]:
+    """The passed keys of ``fields``; a key neither passed, mapped nor ``_DROPPED`` is
+    refused, naming it (the backend would ignore it)."""
+    unknown = sorted(k for k in fields if k not in passed and k not in mapped
+                     and k not in _DROPPED)
+    if unknown:
+        raise _Refused(unknown[0], f"unsupported parameter {', '.join(unknown)}: this "
+                       "provider's model server does not honour it")
+    return {k: v for k, v in fields.items() if k in passed}

@@ -26,7 +26,7 @@ import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiohttp
 import structlog
@@ -45,7 +45,7 @@ from proxy_router.chain.morpheus import MorpheusMarketplace
 from proxy_router.chain.types import Bid, Session, SessionStatus, same_address
 from proxy_router.metrics import Metrics
 from proxy_router.morrpc import ErrorCode, RequestContext, RpcError, RpcServer
-from proxy_router.morrpc.protocol import MAX_FRAME_BYTES, SSE_FORMAT
+from proxy_router.morrpc.protocol import MAX_FRAME_BYTES, PROMPT_APIS, SSE_FORMAT, PromptApi
 from proxy_router.provider.approvals import ApprovalLedger, TooManyApprovals
 from proxy_router.provider.backend import (
     BackendError,
@@ -63,10 +63,15 @@ from proxy_router.provider.capacity import (
     QueueOutcome,
     SessionBusy,
 )
+from proxy_router.provider.choices import serve_choices
 from proxy_router.provider.hardware import detect_hardware
 from proxy_router.provider.models_config import ModelsConfig, normalize_model_id
-from proxy_router.provider.normalize import normalize_chat
-from proxy_router.provider.usage import UsageMeter, estimate_prompt_tokens
+from proxy_router.provider.normalize import (
+    normalize_chat,
+    normalize_completion,
+    normalize_embedding,
+)
+from proxy_router.provider.usage import MeterSum, UsageMeter, estimate_prompt_tokens
 from proxy_router.ratelimit import RateLimiter
 from proxy_router.store.db import Store
 
@@ -131,9 +136,26 @@ def _chat_body(ctx: RequestContext) -> dict[str, Any]:
     return body
 
 
-def _check_chat(body: Any) -> None:
-    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-        raise RpcError(ErrorCode.BAD_REQUEST, "payload must be a chat request with messages")
+def _api(params: dict[str, Any]) -> PromptApi:
+    """What the prompt asks: ``chat`` unless ``params.api`` says otherwise."""
+    api = params.get("api", "chat")
+    if api not in PROMPT_APIS:
+        raise RpcError(ErrorCode.BAD_REQUEST, f"params.api must be one of "
+                       f"{', '.join(PROMPT_APIS)}")
+    return cast(PromptApi, api)
+
+
+_NEEDS: dict[str, tuple[str, type | tuple[type, ...]]] = {
+    "chat": ("messages", list), "completions": ("prompt", (str, list)),
+    "embeddings": ("input", (str, list))}
+_NORMALIZE = {"chat": normalize_chat, "completions": normalize_completion,
+              "embeddings": normalize_embedding}
+
+
+def _check_body(body: Any, api: PromptApi) -> None:
+    key, kind = _NEEDS[api]
+    if not isinstance(body, dict) or not isinstance(body.get(key), kind):
+        raise RpcError(ErrorCode.BAD_REQUEST, f"payload must be a {api} request with {key}")
 
 
 class ProviderService:
@@ -334,17 +356,19 @@ class ProviderService:
         session_id = _bytes32(params, "sessionId")
         _check_format(params)
         ctx.use_peer_key(_param(params, "key"))
+        api = _api(params)
         body = _chat_body(ctx)
         async with contextlib.aclosing(self.prompt(session_id, ctx.sender, body,
-                                                   trailer=ctx.trailer)) as items:
+                                                   trailer=ctx.trailer, api=api)) as items:
             async for item in items:
                 yield _sse(item) if isinstance(item, list) else item
 
     async def prompt(self, session_id: str, user: str, body: dict[str, Any], *,
-                     trailer: dict[str, Any] | None = None
+                     trailer: dict[str, Any] | None = None, api: PromptApi = "chat"
                      ) -> AsyncGenerator[PromptItem, None]:
         """The prompt core: ``user`` (authenticated by the caller) asks ``body`` (an OpenAI
-        chat request; ``stream`` absent means streamed) on ``session_id``.
+        request of ``api``: chat, legacy completions or embeddings; ``stream`` absent
+        means streamed, embeddings never stream) on ``session_id``.
 
         Session checks, then a capacity slot (waiting in the model's queue when all are
         busy), then the backend's answer item by item, then the counts the backend's usage
@@ -356,21 +380,36 @@ class ProviderService:
         the abort), the slot is freed by the unwinding itself, before any other task
         runs, and what was generated is recorded as measured, estimates marked.
         """
-        _check_chat(body)
+        _check_body(body, api)
         session = await self._check_session(session_id, user)
         model_id = normalize_model_id(session.model_id)
         backend = self.backends.get(model_id)
-        if backend is None:
+        config = self.models.get(model_id)
+        if backend is None or config is None:
             raise RpcError(ErrorCode.MODEL_NOT_SERVED, f"model {model_id} is not served here")
-        body = normalize_chat(body)  # after the session checks: only its user spends CPU
+        if not config.serves(api):
+            raise RpcError(ErrorCode.BAD_REQUEST, f"model {config.model_name} does not serve "
+                           f"{api} (it is an {config.model_type} model)", {"param": "model"})
+        body = _NORMALIZE[api](body)  # after the session checks: only its user spends CPU
+        if api == "embeddings":
+            body["stream"] = False  # an answer in one piece (no stream is sent to the server)
         meter: UsageMeter | None = None
         try:
             async with self.capacity.prompt_slot(model_id, session_id):
                 # measured from here: a wait for the slot is no backend's time to first token
-                meter = UsageMeter(prompt_tokens_estimate=estimate_prompt_tokens(body))
-                async for item in self._generate(model_id, backend, body, meter):
-                    yield item
-                await _count_missing(backend, body, meter)
+                if "n" in body:  # several choices (normalizing keeps n only above 1)
+                    meter = MeterSum(prompt_tokens_estimate=estimate_prompt_tokens(body))
+                    async with contextlib.aclosing(serve_choices(
+                            body, meter, self.capacity.extra_slots(model_id, body["n"] - 1),
+                            functools.partial(self._generate, model_id, backend, api=api),
+                            functools.partial(_count_missing, backend, api=api))) as choices:
+                        async for item in choices:
+                            yield item
+                else:
+                    meter = UsageMeter(prompt_tokens_estimate=estimate_prompt_tokens(body))
+                    async for item in self._generate(model_id, backend, body, meter, api):
+                        yield item
+                    await _count_missing(backend, body, meter, api)
         except NoCapacity as exc:
             raise RpcError(ErrorCode.NO_CAPACITY, str(exc),
                            {"retryAfter": exc.retry_after_s}) from None
@@ -580,10 +619,11 @@ class ProviderService:
                            "the provider cannot reach its chain right now; retry later") from None
 
     async def _generate(self, model_id: str, backend: OpenAIBackend, body: dict[str, Any],
-                        meter: UsageMeter) -> AsyncGenerator[PromptItem, None]:
+                        meter: UsageMeter, api: PromptApi = "chat"
+                        ) -> AsyncGenerator[PromptItem, None]:
         """``_answer`` with backend failures as RPC errors that name no URL or path."""
         try:
-            async with contextlib.aclosing(_answer(backend, body, meter)) as items:
+            async with contextlib.aclosing(_answer(backend, body, meter, api)) as items:
                 async for item in items:
                     yield item
         except BackendUnavailable as exc:
@@ -602,22 +642,24 @@ class ProviderService:
         self.health.mark_up(model_id)
 
 
-async def _answer(backend: OpenAIBackend, body: dict[str, Any], meter: UsageMeter
-                  ) -> AsyncGenerator[PromptItem, None]:
+async def _answer(backend: OpenAIBackend, body: dict[str, Any], meter: UsageMeter,
+                  api: PromptApi = "chat") -> AsyncGenerator[PromptItem, None]:
     """The backend's answer, measured: a stream as each read's raw event payloads
     (forwarded without a JSON round trip), a non-stream reply as its one JSON object."""
     if body.get("stream", True):
-        async with contextlib.aclosing(backend.stream_events(body, meter)) as batches:
+        async with contextlib.aclosing(backend.stream_events(body, meter, api)) as batches:
             async for batch in batches:
                 yield batch
     else:
-        response = await backend.complete_chat(body)
+        response = await backend.complete(body, api)
         meter.observe_response(response)
+        if api == "embeddings":
+            meter.count("completion", 0, "backend")  # vectors, no generated tokens
         yield response
 
 
-async def _count_missing(backend: OpenAIBackend, body: dict[str, Any], meter: UsageMeter
-                         ) -> None:
+async def _count_missing(backend: OpenAIBackend, body: dict[str, Any], meter: UsageMeter,
+                         api: PromptApi = "chat") -> None:
     """The counts the backend's usage lacked (llama-cpp-python's streams carry none),
     asked of the backend: the prompt's as the same request unstreamed counts it (a
     non-stream reply without usage would not say more), the completion's by its
@@ -627,7 +669,7 @@ async def _count_missing(backend: OpenAIBackend, body: dict[str, Any], meter: Us
         return
     text = meter.text() if "completion" in missing else None
     prompt, completion = await asyncio.gather(
-        backend.prompt_tokens(body) if "prompt" in missing and meter.streamed
+        backend.prompt_tokens(body, api) if "prompt" in missing and meter.streamed
         else _none(),
         backend.count_tokens(text) if text is not None else _none())
     if prompt is not None:

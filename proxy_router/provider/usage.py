@@ -21,7 +21,9 @@ from typing import Any, Literal
 from proxy_router import bounded_json
 from proxy_router.provider.sse_decoder import MAX_EVENT_BYTES
 
-_TEXT_KEY_END = b'content":"'
+_TEXT_KEYS = (b'content":"', b'"text":"')
+"""What precedes a token's text: chat deltas (``content``, ``reasoning_content``), legacy
+completion choices (``text``)."""
 _BACKSLASH = 0x5C
 
 CountSource = Literal["backend", "tokenizer", "chunks", "estimate"]
@@ -57,8 +59,18 @@ def estimate_tokens(text: str) -> int:
 
 
 def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
-    """Rough prompt size from the request's message texts."""
+    """Rough prompt size from the request's message texts (chat), its ``prompt`` (legacy
+    completions) or its ``input`` (embeddings); token arrays count as given."""
     total = 0
+    for key in ("prompt", "input"):
+        given = body.get(key)
+        for item in (given if isinstance(given, list) else [given]):
+            if isinstance(item, str):
+                total += len(item)
+            elif isinstance(item, int):
+                total += 4
+            elif isinstance(item, list):
+                total += 4 * len(item)
     for message in body.get("messages") or ():
         content = message.get("content") if isinstance(message, Mapping) else None
         if isinstance(content, str):
@@ -71,20 +83,22 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
 
 
 def _texts(payload: bytes) -> list[bytes]:
-    """The non-empty `"content":"…"` and `"reasoning_content":"…"` strings of compact
-    JSON, still JSON-escaped (decoded once, at the end, and only if needed)."""
+    """The non-empty `"content":"…"`, `"reasoning_content":"…"` (chat) and `"text":"…"`
+    (legacy completions) strings of compact JSON, still JSON-escaped (decoded once, at
+    the end, and only if needed)."""
     found: list[bytes] = []
-    i = payload.find(_TEXT_KEY_END)
-    while i >= 0:
-        i += 10  # len(_TEXT_KEY_END)
-        j = payload.find(b'"', i)
-        while j > i and payload[j - 1] == _BACKSLASH and _escaped(payload, j):
-            j = payload.find(b'"', j + 1)
-        if j < 0:
-            break
-        if j > i:
-            found.append(payload[i:j])
-        i = payload.find(_TEXT_KEY_END, j)
+    for key in _TEXT_KEYS:
+        i = payload.find(key)
+        while i >= 0:
+            i += len(key)
+            j = payload.find(b'"', i)
+            while j > i and payload[j - 1] == _BACKSLASH and _escaped(payload, j):
+                j = payload.find(b'"', j + 1)
+            if j < 0:
+                break
+            if j > i:
+                found.append(payload[i:j])
+            i = payload.find(key, j)
     return found
 
 
@@ -154,7 +168,10 @@ class UsageMeter:
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta")
             if not delta:
-                continue
+                if isinstance(choice.get("text"), str):  # a legacy completion's chunk
+                    delta = {"content": choice["text"]}
+                else:
+                    continue
             texts = [t for t in (delta.get("reasoning_content"), delta.get("content"))
                      if isinstance(t, str) and t]
             if delta.get("tool_calls"):
@@ -206,7 +223,7 @@ class UsageMeter:
             self._usage = usage
         text = ""
         for choice in response.get("choices") or ():
-            message = choice.get("message") or {}
+            message = choice.get("message") or {"content": choice.get("text")}
             content = message.get("content")
             if isinstance(content, str):
                 text += content
@@ -267,3 +284,68 @@ class UsageMeter:
             return (n - 1) / span
         total = end - self._start
         return n / total if total > 0 else 0.0
+
+
+_SOURCES: tuple[CountSource, ...] = ("backend", "tokenizer", "chunks", "estimate")
+"""Count sources, best first: a sum is as good as its worst part."""
+
+
+class MeterSum(UsageMeter):
+    """The meters of one request's ``n`` generations (``n > 1``, ``provider.choices``)
+    read as one prompt's figures, for the store and the trailer.
+
+    The prompt counts once, as OpenAI bills ``n`` (the same prompt, evaluated for one
+    user): generation 0's count, and the others are never asked for theirs. Completions
+    are summed; TTFT runs to the first token of any generation, from this meter's start
+    (the prompt's slot); the speed is every streamed token after that one over the time
+    to the last. Each generation's missing counts are learnt on its own meter, so
+    ``missing()`` is empty here.
+    """
+
+    __slots__ = ("meters",)
+
+    def __init__(
+        self, *, prompt_tokens_estimate: int = 0, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        super().__init__(prompt_tokens_estimate=prompt_tokens_estimate, clock=clock)
+        self.meters: dict[int, UsageMeter] = {}
+        """Each started generation's meter, by its choice index."""
+
+    def start(self, index: int) -> UsageMeter:
+        """The meter of generation ``index``, created as it starts."""
+        meter = UsageMeter(prompt_tokens_estimate=self._prompt_estimate, clock=self._clock)
+        if index:  # counted once, by generation 0: no backend is asked again
+            meter.count("prompt", self._prompt_estimate, "estimate")
+        self.meters[index] = meter
+        return meter
+
+    def missing(self) -> tuple[str, ...]:
+        return ()
+
+    def result(self) -> PromptUsage:
+        meters = [self.meters[i] for i in sorted(self.meters)]
+        if not meters:
+            return super().result()
+        parts = [m.result() for m in meters]
+        end = max((m._end for m in meters if m._end is not None), default=self._clock())
+        first = min((m._first for m in meters if m._first is not None), default=end)
+        last = max((m._last for m in meters if m._last is not None), default=first)
+        completion = sum(p.completion_tokens for p in parts)
+        source = max((p.completion_source for p in parts), key=_SOURCES.index)
+        counted = sum(m._counted for m in meters)
+        if (all(m.streamed for m in meters) and completion >= 2 and counted >= 2
+                and last > first):
+            tps = (completion - 1) / (last - first)
+        else:
+            total = end - self._start
+            tps = completion / total if total > 0 else 0.0
+        head = parts[0]  # generation 0's, when it started (it starts first)
+        return PromptUsage(
+            ttft_ms=max(0, round((first - self._start) * 1000)),
+            prompt_tokens=head.prompt_tokens,
+            completion_tokens=completion,
+            tps_x1000=round(tps * 1000),
+            reported=source == "backend",
+            prompt_source=head.prompt_source,
+            completion_source=source,
+        )

@@ -1,6 +1,6 @@
 """The consumer holds clients to OpenAI's chat contract: strict types, OpenAI's bounds,
 a 400 in OpenAI's shape naming the field, and a clear refusal of what is valid at
-OpenAI but not served yet (``n > 1``). What passes goes to the provider as sent."""
+OpenAI but not served here (``n`` above 16). What passes goes to the provider as sent."""
 
 from __future__ import annotations
 
@@ -69,10 +69,15 @@ def test_a_value_out_of_openais_bounds_is_a_400_naming_the_field(field: str, val
     assert error.param is not None and error.param.startswith(field)
 
 
-def test_n_above_one_is_refused_clearly_until_it_is_served():
-    error = refused(n=2)
+def test_more_than_sixteen_choices_are_refused_clearly():
+    error = refused(n=17)
     assert (error.code, error.param, error.message) == (
-        "unsupported_value", "n", "n: n>1 is not supported yet")
+        "unsupported_value", "n", "n: at most 16 choices per request are served here")
+
+
+def test_several_choices_go_to_the_provider():
+    assert parse(n=2).upstream_body()["n"] == 2
+    assert parse(n=16).n == 16
 
 
 def test_a_stop_string_is_not_bounded_like_a_list_of_them():

@@ -95,7 +95,7 @@ def service(sessions: Sessions, failures: dict[str, list[Exception]], *,
     chat = ChatService(sessions, index, session_duration=600,  # type: ignore[arg-type]
                        failover=failover, first_token_timeout=5, metrics=Metrics("consumer"))
 
-    async def send(session: ConsumerSession, payload: bytes) -> Reply:
+    async def send(session: ConsumerSession, payload: bytes, api: str = "chat") -> Reply:
         pending = failures.get(session.provider, [])
         if pending:
             raise pending.pop(0)
@@ -204,7 +204,7 @@ async def test_a_well_formed_answer_that_is_no_completion_is_a_bad_provider_resp
     sessions = Sessions(A, B)
     chat = service(sessions, {})
 
-    async def send(session: ConsumerSession, payload: bytes) -> Reply:
+    async def send(session: ConsumerSession, payload: bytes, api: str = "chat") -> Reply:
         return Reply(session, _Empty(), b'{"id": "x"}')  # type: ignore[arg-type]
 
     chat._send = send  # type: ignore[method-assign]
@@ -223,3 +223,6 @@ class _Empty:
 
     async def __anext__(self) -> bytes:
         raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        return None

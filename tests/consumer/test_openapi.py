@@ -103,6 +103,11 @@ def fuzzed_document() -> dict[str, Any]:
         "whole": {"value": {"model": MODEL_NAME, "messages": MESSAGES, "max_tokens": 4}},
         "streamed": {"value": {"model": MODEL_NAME, "messages": MESSAGES, "max_tokens": 4,
                                "stream": True, "stream_options": {"include_usage": True}}}}
+    legacy = doc["paths"]["/v1/completions"]["post"]["requestBody"]["content"]
+    legacy["application/json"]["examples"] = {
+        "whole": {"value": {"model": MODEL_NAME, "prompt": "Say", "max_tokens": 4}},
+        "streamed": {"value": {"model": MODEL_NAME, "prompt": [1, 2], "max_tokens": 4,
+                               "stream": True}}}
     return doc
 
 
@@ -141,25 +146,28 @@ def open_session(live: DevnetState) -> str:
     return str(opened["sessionId"])
 
 
-# A schema-valid chat request may still be refused, for what a JSON schema cannot say:
-# a field that disagrees with another (a tool choice naming no tool), ``n > 1`` (not
-# served yet), or what the provider's model server cannot honour (provider/normalize.py).
-# Any other 400 for valid data is the document and the validation drifting apart.
-REFUSED_VALID_CHAT = {"invalid_value", "unsupported_value", "bad_request"}
+# A schema-valid prompt may still be refused, for what a JSON schema cannot say: a
+# field that disagrees with another (a tool choice naming no tool), ``n`` above what is
+# served, what the provider's model server cannot honour (provider/normalize.py), or a
+# model of the other kind (an embedding model asked to chat). Any other 400 for valid
+# data is the document and the validation drifting apart.
+REFUSED_VALID_PROMPT = {"invalid_value", "unsupported_value", "bad_request",
+                        "model_not_supported"}
+PROMPT_ROUTES = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
 
 
 def run(case: Any, state: DevnetState, session_id: str) -> None:
     real = {BID: state.bid_id, SESSION: session_id}
     if case.path_parameters:
         case.path_parameters = {k: real.get(v, v) for k, v in case.path_parameters.items()}
-    if case.path != "/v1/chat/completions":
+    if case.path not in PROMPT_ROUTES:
         case.call_and_validate(base_url=state.consumer_base, headers=state.auth())
         return
     response = case.call_and_validate(base_url=state.consumer_base, headers=state.auth(),
                                       excluded_checks=[positive_data_acceptance])
     if case.meta is not None and case.meta.generation.mode.is_positive and \
             response.status_code == 400:
-        assert response.json()["error"]["code"] in REFUSED_VALID_CHAT, response.text
+        assert response.json()["error"]["code"] in REFUSED_VALID_PROMPT, response.text
 
 
 @pytest.mark.integration

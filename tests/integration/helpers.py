@@ -88,7 +88,7 @@ async def provider_capacity(state: DevnetState) -> dict[str, int]:
     async with RpcClient(state.provider_endpoint, Signer.from_key(dev_key(OBSERVER)),
                          state.provider_address) as client:
         caps = await client.call("provider.capabilities", {})
-    (model,) = caps["models"]
+    (model,) = [m for m in caps["models"] if m["modelId"] == state.model_id]
     return dict(model["capacity"])
 
 

@@ -149,3 +149,33 @@ async def test_the_receipt_carries_the_usage_the_client_was_shown(devnet: Devnet
     assert len(shown) == 2
     assert (receipt.prompt_tokens, receipt.completion_tokens) == (
         sum(u.prompt_tokens for u in shown), sum(u.completion_tokens for u in shown))
+
+
+async def test_a_client_that_leaves_a_whole_answer_stops_it_at_the_provider(
+        devnet: DevnetState) -> None:
+    """An SDK that times out closes the connection and retries: the abandoned attempt is
+    cancelled (rpc.cancel), its backend request closed and its slot freed, not kept
+    generating for nobody. (llama-cpp-python itself finishes a non-streamed generation
+    it has begun: it never looks at the connection; a streamed one it stops.)"""
+    before = await aborts(devnet)
+    cancels = await provider_metric(devnet, "proxy_router_rpc_requests_total",
+                                    method="session.prompt", code="CANCELLED")
+    log_start = len(logs_of(devnet, "consumer"))
+    body = {"model": devnet.model_name, **LONG, "stream": False, "max_tokens": 400}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        with pytest.raises(TimeoutError):
+            await http.post(devnet.consumer_url + "/chat/completions", json=body)
+
+    async def cancelled() -> bool:
+        return await provider_metric(devnet, "proxy_router_rpc_requests_total",
+                                     method="session.prompt", code="CANCELLED") == cancels + 1
+
+    await eventually(cancelled, 15, "the abandoned request was not cancelled")
+    assert await aborts(devnet) == before + 1, "its backend request was closed"
+
+    async def slot_free() -> bool:
+        return (await provider_capacity(devnet))["promptsInFlight"] == 0
+
+    await eventually(slot_free, 15, "the provider's slot was not freed")
+    log = logs_of(devnet, "consumer")[log_start:]
+    assert "request_abandoned_by_client" in log and "Traceback" not in log

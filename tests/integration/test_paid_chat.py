@@ -30,7 +30,7 @@ async def close_session(state: DevnetState, session_id: str) -> dict:
 
 async def test_models_lists_the_marketplace_model_with_an_active_bid(devnet: DevnetState):
     models = await openai_client(devnet).models.list()
-    assert [m.id for m in models.data] == [devnet.model_name]
+    assert [m.id for m in models.data] == [devnet.model_name, devnet.embedding_model_name]
 
 
 async def test_non_streamed_chat_returns_a_real_model_answer(devnet: DevnetState):
@@ -110,7 +110,8 @@ async def test_provider_capabilities_report_models_and_hardware(devnet: DevnetSt
         caps = await client.call("provider.capabilities", {})
         pong = await client.ping()
     assert caps["address"] == devnet.provider_address
-    assert [m["modelId"] for m in caps["models"]] == [devnet.model_id]
+    assert [m["modelId"] for m in caps["models"]] == [devnet.model_id,
+                                                      devnet.embedding_model_id]
     hardware = caps["hardware"]
     assert isinstance(hardware["gpus"], list)  # no GPU here: an empty list, not an error
     assert hardware["cpu"]["count"] >= 1

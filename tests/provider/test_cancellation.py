@@ -440,6 +440,7 @@ async def test_a_client_closing_its_stream_cancels_at_the_provider_before_the_tu
                                                drop=lambda s: None),
                           body_timeout_s=5.0, _session_headers=lambda s: {})
     api._stream = lambda *args: ConsumerApi._stream(cast(Any, api), *args)
+    api._prompt = lambda *args: ConsumerApi._prompt(cast(Any, api), *args)
     metrics = Metrics("consumer")
 
     async def handler(request: web.Request) -> web.StreamResponse:

@@ -60,16 +60,19 @@ def test_the_reference_example_loads_serving_what_it_can(tmp_path: Path) -> None
     with capture_logs() as logs:
         cfg = load_models_config(path)
     assert [(m.model_id, m.model_name) for m in cfg.models] == [
-        (mid(0), "llama2"), (mid(4), "gpt-4o-mini")]
-    llama, gpt = cfg.models
+        (mid(0), "llama2"), (mid(4), "gpt-4o-mini"), (mid(5), "text-embedding-bge-m3")]
+    llama, gpt, embed = cfg.models
     assert llama.api_url == "http://localhost:8080/v1", "the full endpoint is cut back"
+    assert (embed.model_type, embed.api_url) == ("embedding", "https://api.venice.ai/api/v1"), \
+        "an /embeddings URL is an embedding model, served at its base"
+    assert (llama.model_type, gpt.model_type) == ("llm", "llm")
     assert (gpt.api_key, gpt.concurrent_slots, llama.concurrent_slots) == (SECRET, 4, 8)
     assert cfg.get(mid(4, prefix="")) is gpt, "modelId without 0x is normalised"
     skipped = [(e["entry"], e["api_type"]) for e in logs
                if e["event"] == "models_config_model_skipped"]
     assert skipped == [("models[1]", "prodia-v2"), ("models[2]", "hyperbolic-sd"),
-                       ("models[3]", "claudeai"), ("models[5]", "openai"),
-                       ("models[6]", "openai"), ("models[7]", "prodia-sd")]
+                       ("models[3]", "claudeai"), ("models[6]", "openai"),
+                       ("models[7]", "prodia-sd")]
     assert all(e["log_level"] == "warning" for e in logs)
     assert SECRET not in repr(logs) and "venice.ai" not in repr(logs), "no key, no URL"
     assert SECRET not in repr(cfg)
@@ -160,7 +163,8 @@ def test_models_config_content_feeds_the_same_loader(tmp_path: Path) -> None:
     path = tmp_path / "models-config.json"
     with capture_logs():
         cfg = load_configured_models(path, content)  # no file yet: the content
-    assert [m.model_name for m in cfg.models] == ["llama2", "gpt-4o-mini"]
+    assert [m.model_name for m in cfg.models] == ["llama2", "gpt-4o-mini",
+                                                  "text-embedding-bge-m3"]
     assert not path.exists(), "never written to MODELS_CONFIG_PATH"
     path.write_text(json.dumps({"models": [
         {"modelId": mid(8), "modelName": "from-file", "apiUrl": "http://h/v1"}]}))

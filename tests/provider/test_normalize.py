@@ -119,6 +119,11 @@ def test_sampling_fields_and_llama_extensions_pass_as_they_are():
     assert chat(**fields) == {"messages": [USER], **fields}
 
 
+def test_logprobs_without_a_count_still_asks_the_server_for_each_tokens_logprob():
+    assert chat(logprobs=True) == {"messages": [USER], "logprobs": True, "top_logprobs": 0}
+    assert chat(logprobs=False) == {"messages": [USER], "logprobs": False}
+
+
 def test_bookkeeping_that_never_changes_the_answer_is_dropped():
     body = chat(user="u-1", store=True, metadata={"k": "v"}, service_tier="auto",
                 parallel_tool_calls=False, prompt_cache_key="k", safety_identifier="s",
@@ -142,8 +147,9 @@ def test_every_ignored_field_is_named_at_once():
     assert "reasoning_effort, verbosity" in error.message
 
 
-def test_n_above_one_is_not_supported_yet():
-    assert refused(n=2).message == "n: n>1 is not supported yet"
+def test_n_above_one_is_kept_for_the_provider_to_serve_up_to_its_cap():
+    assert chat(n=3)["n"] == 3 and "n" not in chat(n=1)
+    assert refused(n=17).message == "n: at most 16 choices per request"
     assert param(refused(n=0)) == "n"
 
 
