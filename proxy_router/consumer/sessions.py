@@ -352,7 +352,7 @@ class SessionManager:
             session_id=session_id.lower(), model_id=bid.model_id.lower(), bid_id=bid_id,
             provider=provider, endpoint=endpoint, key=key, stake=stake,
             opened_at=onchain.opened_at, ends_at=onchain.ends_at,
-            prompt_limit=limit if isinstance(limit, int) and 1 <= limit <= 1024 else 1,
+            prompt_limit=_prompt_limit(limit),
             price_per_second=onchain.price_per_second or price, auto=auto)
         await self.store.add_consumer_session(session.row())
         self.sessions[session.session_id] = session
@@ -463,3 +463,15 @@ class SessionManager:
             await self.close(session.session_id, dispute=True)
         except (ConsumerError, ChainError) as exc:
             log.warning("failover_close_failed", session=session.session_id, error=str(exc))
+
+
+MAX_TURNS = 1024
+"""Most prompts one session runs at once here, whatever its provider allows."""
+
+
+def _prompt_limit(offered: object) -> int:
+    """The provider's ``promptsPerSession`` (a peer's: checked), capped at ``MAX_TURNS``;
+    1 when it gives none that makes sense. A large offer is capped, not taken for 1."""
+    if isinstance(offered, int) and not isinstance(offered, bool) and offered >= 1:
+        return min(offered, MAX_TURNS)
+    return 1

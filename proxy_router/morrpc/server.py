@@ -37,7 +37,7 @@ import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -45,6 +45,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from .. import __version__
 from ..netguard import ConnectionLimits, serve_app
 from .canonical import CanonicalJsonError
+from .coalesce import coalesce_writes
 from .crypto import CipherCache, E2ECipher, Role
 from .errors import ErrorCode, RpcError
 from .protocol import (
@@ -281,9 +282,13 @@ class RpcServer:
         ws = web.WebSocketResponse(heartbeat=self.heartbeat,
                                    max_msg_size=2 * self.max_frame_bytes, compress=False)
         await ws.prepare(request)
+        coalesce_writes(ws)  # many streams' chunks, one write per loop iteration
         transport = request.transport
-        conn = _Connection(ws, self.signer, request.remote,
-                           transport if isinstance(transport, asyncio.Transport) else None)
+        # by duck type: uvloop's transports are no asyncio.Transport subclass, and the
+        # stalled-reader watch must run under uvloop too
+        watched = transport if callable(getattr(transport, "get_write_buffer_size", None)) \
+            else None
+        conn = _Connection(ws, self.signer, request.remote, cast(asyncio.Transport, watched))
         self._connections.add(conn)
         self.connections_accepted += 1
         self._watch(conn)
