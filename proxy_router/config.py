@@ -202,6 +202,9 @@ class Settings(BaseSettings):
         None, ge=0, description="block the market index starts at (the deployment block)")
     eth_node_max_log_range: int = Field(
         5_000, ge=1, description="widest eth_getLogs range asked for (narrowed on refusal)")
+    eth_node_max_connections: int = Field(
+        32, ge=1, description="HTTP connections to the RPC node(s) at once; a request over "
+        "it waits, counted in proxy_router_http_pool_waits_total{pool=\"chain\"}")
     deployment_file: Path | None = Field(
         None, description="JSON written by `proxy-router deploy`: addresses and deploy block")
 
@@ -265,7 +268,8 @@ class Settings(BaseSettings):
 
     # Hostile-network limits (both roles where they apply)
     max_connections_per_ip: int = Field(
-        32, ge=1, description="open TCP connections one remote address may hold")
+        32, ge=1, description="open TCP connections one remote address may hold "
+        "(loopback peers are exempt)")
     max_connections: int = Field(1024, ge=1, description="open TCP connections in total")
     http_header_timeout_s: float = Field(
         10.0, gt=0, description="close a connection whose first request headers are late")

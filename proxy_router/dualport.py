@@ -38,7 +38,7 @@ class _Raw:
 
     def admit(self, remote: str) -> bool:
         if len(self.tasks) >= self.limits.max_total or \
-                self.per_remote.get(remote, 0) >= self.limits.max_per_remote:
+                self.limits.over_per_remote(remote, self.per_remote.get(remote, 0)):
             return False
         self.per_remote[remote] = self.per_remote.get(remote, 0) + 1
         return True

@@ -24,6 +24,14 @@ Where each fact is measured, never per streamed chunk:
 - The prompt queue (both roles): the provider's ``CapacityManager`` (waits for one of
   a model's slots) and the consumer's ``ChatService`` (waits for a turn on a session),
   as each prompt leaves the queue.
+- Waits for a pooled HTTP connection (``backend``: the provider's model servers;
+  ``chain``: the RPC node): aiohttp's connection-queued trace hooks (``pool_trace``),
+  once per request that found its pool's limit reached, also logged (at most once per
+  10 s per pool), so a cap never queues silently.
+- Per backend of a model (provider): ``BackendPool``, once per request sent and as a
+  backend goes down or up; in-flight requests are read at scrape time.
+- Connections the HTTP servers refused (their per-address or total cap): read from
+  ``netguard.ConnectionGuard``'s counters at scrape time (``watch_connection_guard``).
 """
 
 from __future__ import annotations
@@ -33,12 +41,19 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
+import aiohttp
+import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from proxy_router.chain.events import MarketEvent
 from proxy_router.chain.index import MarketIndex
 from proxy_router.chain.types import same_address
+from proxy_router.ratelimit import RateLimiter
+
+log = structlog.get_logger(__name__)
 
 Role = Literal["consumer", "provider"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -55,6 +70,9 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
                     120.0, 300.0)
 QUEUE_BUCKETS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 REFUSED_OUTCOMES = frozenset({"full", "timeout"})
+POOL_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LIMIT_LOG_INTERVAL_S = 10.0
+"""A connection pool that keeps being full is logged once per this many seconds."""
 
 
 class Metrics:
@@ -147,6 +165,33 @@ class Metrics:
             "Prompts refused with a 429 and Retry-After, by model and reason (full: the "
             "queue was full; timeout: the longest wait ran out)",
             ["model", "reason"], registry=r)
+        self.pool_waits = Counter(
+            "proxy_router_http_pool_waits_total",
+            "Outgoing HTTP requests that waited for a pooled connection because the pool's "
+            "limit was reached, by pool (backend: model servers; chain: the RPC node)",
+            ["pool"], registry=r)
+        self.pool_wait = Histogram(
+            "proxy_router_http_pool_wait_seconds",
+            "How long a request waited for a pooled connection, by pool",
+            ["pool"], buckets=POOL_WAIT_BUCKETS, registry=r)
+        self.backend_requests = Counter(
+            "proxy_router_backend_requests_total",
+            "Requests sent to each backend of a model (prompts, retries included), by model "
+            "and backend (host:port)", ["model", "backend"], registry=r)
+        self.backend_failures = Counter(
+            "proxy_router_backend_failures_total",
+            "Backend requests that failed, by model, backend and reason (unavailable: no "
+            "answer; error: an HTTP 5xx; broken: the stream broke off)",
+            ["model", "backend", "reason"], registry=r)
+        self.backend_in_flight = Gauge(
+            "proxy_router_backend_in_flight",
+            "Prompts running on each backend of a model", ["model", "backend"], registry=r)
+        self.backend_up = Gauge(
+            "proxy_router_backend_up",
+            "1 while a backend takes prompts, 0 while it is out (a failure took it out; its "
+            "next answered probe puts it back)", ["model", "backend"], registry=r)
+        self._limit_log = RateLimiter(1 / LIMIT_LOG_INTERVAL_S, burst=1)
+        """One warning per pool per 10 s."""
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -156,6 +201,33 @@ class Metrics:
         self.index_lag.set_function(lambda: index.lag_blocks)
         self.sessions_active.set_function(active_sessions)
         self.rpc_connections.set_function(rpc_connections)
+
+    def watch_connection_guard(self, refused: Callable[[], dict[str, int]]) -> None:
+        """``refused()``: connections an HTTP server refused so far, by cap."""
+        self.registry.register(_RefusedConnections(refused))
+
+    def pool_trace(self, pool: str) -> aiohttp.TraceConfig:
+        """A trace config for a ``ClientSession`` whose waits for a pooled connection are
+        counted, timed and logged as ``pool``'s: a full pool must never queue silently."""
+        trace = aiohttp.TraceConfig()
+
+        async def queued(session: aiohttp.ClientSession, ctx: Any, _: Any) -> None:
+            ctx.pool_queued_at = time.perf_counter()
+            self.pool_waits.labels(pool).inc()
+            if self._limit_log.allow(pool):
+                connector = session.connector
+                log.warning("http_pool_limit_reached", pool=pool,
+                            limit=getattr(connector, "limit", None),
+                            limit_per_host=getattr(connector, "limit_per_host", None))
+
+        async def dequeued(_: aiohttp.ClientSession, ctx: Any, __: Any) -> None:
+            started = getattr(ctx, "pool_queued_at", None)
+            if started is not None:
+                self.pool_wait.labels(pool).observe(time.perf_counter() - started)
+
+        trace.on_connection_queued_start.append(queued)
+        trace.on_connection_queued_end.append(dequeued)
+        return trace
 
     def follow_market(self, index: MarketIndex, address: str) -> None:
         """Count sessions and MOR from Marketplace events that concern ``address``
@@ -255,6 +327,23 @@ class Metrics:
     async def handler(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry),
                             headers={"Content-Type": CONTENT_TYPE})
+
+
+class _RefusedConnections(Collector):
+    """``proxy_router_http_connections_refused_total``, read from a server's guard."""
+
+    def __init__(self, refused: Callable[[], dict[str, int]]) -> None:
+        self._refused = refused
+
+    def collect(self) -> Any:
+        family = CounterMetricFamily(
+            "proxy_router_http_connections_refused",
+            "Connections the HTTP server aborted as they opened, by cap (max_per_remote: "
+            "the remote address held MAX_CONNECTIONS_PER_IP; max_total: MAX_CONNECTIONS)",
+            labels=["cap"])
+        for cap, count in self._refused().items():
+            family.add_metric([cap], count)
+        yield family
 
 
 def route_template(request: web.Request) -> str:

@@ -7,7 +7,11 @@ keep-alive timer, so ``serve_app`` adds, on the low-level ``web.Server`` that an
 ``AppRunner`` creates:
 
 - at most ``max_per_remote`` open connections per remote IP and ``max_total``
-  in all: a connection over either cap is aborted as soon as it is accepted;
+  in all: a connection over either cap is aborted as soon as it is accepted (and a
+  warning logged, at most once per 10 s per cap). Loopback peers are exempt from the
+  per-IP cap, not from the total: a local process can already do anything the API
+  allows, and the cap protects a public listener from one remote host, not a local
+  app that runs 256 streams through its consumer;
 - a deadline for the first request's headers (``header_timeout_s``);
 - aiohttp's keep-alive timer (``keepalive_timeout_s``), which in aiohttp 3.14
   runs from the moment a connection opens and closes it while no complete
@@ -19,6 +23,7 @@ Request bodies are bounded by ``read_body`` in the handlers that read one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import weakref
@@ -30,12 +35,15 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
+from proxy_router.ratelimit import RateLimiter
+
 if TYPE_CHECKING:
     from proxy_router.config import Settings
     from proxy_router.dualport import RawHandler
 
 log = structlog.get_logger(__name__)
 
+CAP_LOG_INTERVAL_S = 10.0
 BODY_TIMEOUT_TEXT = "request body not received in time"
 
 
@@ -48,12 +56,21 @@ class ConnectionLimits:
     header_timeout_s: float = 10.0
     keepalive_timeout_s: float = 30.0
     body_timeout_s: float = 30.0
+    exempt_loopback: bool = True
+    """Loopback peers are not held to ``max_per_remote`` (they still count toward
+    ``max_total``): a local process can already do anything the API allows, and the cap
+    protects a public listener from one remote host. False in tests of the cap itself."""
 
     def __post_init__(self) -> None:
         if self.max_per_remote < 1 or self.max_total < 1:
             raise ValueError("connection caps must be at least 1")
         if min(self.header_timeout_s, self.keepalive_timeout_s, self.body_timeout_s) <= 0:
             raise ValueError("HTTP timeouts must be positive")
+
+    def over_per_remote(self, remote: str, open_now: int) -> bool:
+        """Whether ``remote``, holding ``open_now`` connections, may open no other."""
+        return open_now >= self.max_per_remote and not (
+            self.exempt_loopback and is_loopback(remote))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
@@ -82,6 +99,15 @@ def remote_key(transport: asyncio.BaseTransport) -> str:
     return str(addr)
 
 
+@functools.lru_cache(maxsize=1024)
+def is_loopback(remote: str) -> bool:
+    """Whether ``remote`` (a ``remote_key``) is this host: exempt from the per-IP cap."""
+    try:
+        return ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
+
+
 class ConnectionGuard:
     """Enforces ``ConnectionLimits`` on one ``web.Server`` by wrapping its hooks.
 
@@ -98,12 +124,17 @@ class ConnectionGuard:
         self.refused_per_remote = 0
         self.refused_total = 0
         self.header_timeouts = 0
+        self._cap_log = RateLimiter(1 / CAP_LOG_INTERVAL_S, burst=1)
         self._remotes: dict[RequestHandler, str] = {}
         self._timers: dict[RequestHandler, asyncio.TimerHandle] = {}
 
     @property
     def open_connections(self) -> int:
         return len(self._remotes)
+
+    def refused(self) -> dict[str, int]:
+        """Connections refused so far, by cap (for ``/metrics``)."""
+        return {"max_per_remote": self.refused_per_remote, "max_total": self.refused_total}
 
     def install(self, server: web.Server) -> None:
         """Wrap ``server``'s hooks; call before the server accepts its first connection."""
@@ -137,7 +168,7 @@ class ConnectionGuard:
         if len(self._remotes) >= self.limits.max_total:
             self.refused_total += 1
             return self._refuse(transport, remote, "max_total")
-        if self.per_remote.get(remote, 0) >= self.limits.max_per_remote:
+        if self.limits.over_per_remote(remote, self.per_remote.get(remote, 0)):
             self.refused_per_remote += 1
             return self._refuse(transport, remote, "max_per_remote")
         self._remotes[handler] = remote
@@ -147,12 +178,14 @@ class ConnectionGuard:
                                                 self._header_late, handler)
         return True
 
-    @staticmethod
-    def _refuse(transport: asyncio.Transport, remote: str, cap: str) -> bool:
+    def _refuse(self, transport: asyncio.Transport, remote: str, cap: str) -> bool:
         # Abort on the next loop turn, not now: on Python 3.11 the handler's start()
         # task is created after this hook returns, and a connection_lost delivered
         # before that task first runs makes it fail an assertion inside aiohttp.
         log.debug("connection_refused", remote=remote, cap=cap)
+        if self._cap_log.allow(cap):
+            log.warning("http_connection_cap_reached", cap=cap, remote=remote,
+                        limit=getattr(self.limits, cap))
         asyncio.get_running_loop().call_soon(transport.abort)
         return False
 

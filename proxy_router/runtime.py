@@ -30,7 +30,7 @@ from proxy_router.config import (
 from proxy_router.dualport import RawHandler
 from proxy_router.health import health_response
 from proxy_router.metrics import Metrics
-from proxy_router.netguard import ConnectionLimits, serve_app
+from proxy_router.netguard import ConnectionLimits, guard_of, serve_app
 from proxy_router.periodic import run_periodically
 from proxy_router.store.db import Store
 
@@ -38,13 +38,18 @@ log = structlog.get_logger(__name__)
 
 
 async def connect_chain(settings: Settings, *, retry_s: float = 2.0,
-                        attempts: int | None = None) -> ChainClient:
-    """Connect, waiting for the chain when it is down (a router must not crash on it)."""
+                        attempts: int | None = None,
+                        metrics: Metrics | None = None) -> ChainClient:
+    """Connect, waiting for the chain when it is down (a router must not crash on it);
+    waits for one of the ``ETH_NODE_MAX_CONNECTIONS`` show in ``metrics``."""
     n = 0
+    traces = [metrics.pool_trace("chain")] if metrics is not None else []
     while True:
         try:
             return await ChainClient.connect(settings.eth_rpc_urls, settings.private_key,
-                                             chain_id=settings.eth_node_chain_id)
+                                             chain_id=settings.eth_node_chain_id,
+                                             max_connections=settings.eth_node_max_connections,
+                                             trace_configs=traces)
         except ChainUnavailable as exc:
             n += 1
             if attempts is not None and n >= attempts:
@@ -82,14 +87,14 @@ class Router:
         addresses = settings.market_addresses()
         settings.private_key  # noqa: B018 -- unlock a keystore now: fail before any side effect
         store = await Store.open(settings.proxy_storage_path, role)
-        client = await connect_chain(settings)
+        metrics = Metrics("provider" if role == "provider" else "consumer")
+        client = await connect_chain(settings, metrics=metrics)
         market = open_market(client, settings.marketplace_flavor, *addresses)
         index = MarketIndex(market, store,
                             poll_interval=settings.eth_node_polling_interval,
                             confirmations=settings.eth_node_confirmations,
                             start_block=settings.eth_node_start_block or 0,
                             max_log_range=settings.eth_node_max_log_range)
-        metrics = Metrics("provider" if role == "provider" else "consumer")
         metrics.follow_market(index, client.address)
         return cls(role, settings, store, client, market, index, aiohttp.ClientSession(),
                    metrics)
@@ -108,11 +113,15 @@ class Router:
         runner, bound = await serve_app(app, host, port,
                                         ConnectionLimits.from_settings(self.settings), raw=raw)
         self.runners.append(runner)
+        guard = guard_of(runner)
+        if guard is not None:
+            self.metrics.watch_connection_guard(guard.refused)
         return bound
 
     async def _start_provider(self) -> None:
         from proxy_router.morrpc import ReplayGuard, RpcServer, Signer
         from proxy_router.provider.backend import BackendTimeouts
+        from proxy_router.provider.backend_pool import backend_session
         from proxy_router.provider.llama import EmbeddedLlamaServer
         from proxy_router.provider.lumerin_wire import LumerinWire
         from proxy_router.provider.models_config import (
@@ -127,20 +136,23 @@ class Router:
                                             self.settings.models_config_content)
         except (ModelsConfigError, OSError) as exc:
             raise ConfigurationError(str(exc)) from None
-        urls: dict[str, str] = {}
+        urls: dict[str, list[str]] = {}
         for model in models.models:
             if model.embedded:
                 server = EmbeddedLlamaServer.from_config(model)
                 log.info("starting_embedded_llama", model=model.model_name, gguf=str(model.gguf))
-                urls[normalize_model_id(model.model_id)] = await server.start()
+                urls[normalize_model_id(model.model_id)] = [await server.start()]
                 self.closers.append(server.stop)
             else:
-                assert model.api_url is not None
-                urls[normalize_model_id(model.model_id)] = model.api_url
+                urls[normalize_model_id(model.model_id)] = list(model.api_urls)
+        # The backends' own pool, sized from the models' slots (aiohttp's default caps at
+        # 100 connections whatever concurrentSlots says); waits for it are counted.
+        backend_http = backend_session(models, trace_configs=[self.metrics.pool_trace("backend")])
+        self.closers.append(backend_http.close)
         signer = Signer.from_key(self.settings.private_key)
         service = ProviderService(
             account=signer.account, market=self.market, index=self.index, models=models,
-            backend_urls=urls, store=self.store, http=self.http,
+            backend_urls=urls, store=self.store, http=backend_http,
             backend_timeouts=BackendTimeouts(total=self.settings.backend_timeout_s),
             close_grace_s=self.settings.provider_close_grace_s, metrics=self.metrics,
             prompts_per_session=self.settings.prompts_per_session,
@@ -149,6 +161,7 @@ class Router:
             prompt_queue_depth=self.settings.prompt_queue_depth,
             prompt_queue_wait_s=self.settings.prompt_queue_wait_s)
         service.rebuild_capacity()
+        self.closers.append(service.close)
         # Nonces are remembered in memory only: refuse frames signed before this start.
         guard = ReplayGuard(self.settings.mor_rpc_replay_window_s, not_before=time.time())
         mor_rpc = RpcServer(signer, observer=self.metrics, replay_guard=guard,

@@ -11,7 +11,8 @@ from aiohttp import web
 
 from proxy_router.netguard import ConnectionLimits, serve_app
 
-LIMITS = ConnectionLimits(max_per_remote=2, max_total=8, header_timeout_s=0.5)
+LIMITS = ConnectionLimits(max_per_remote=2, max_total=8, header_timeout_s=0.5,
+                          exempt_loopback=False)  # the tests' peers are all loopback
 
 
 async def echo_json(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,

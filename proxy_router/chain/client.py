@@ -67,7 +67,11 @@ class FallbackHTTPProvider(AsyncHTTPProvider):
     """
 
     def __init__(self, urls: Sequence[str], timeout: float = 10.0, *, rounds: int = 3,
-                 backoff_s: float = 0.25, max_retry_after_s: float = 30.0) -> None:
+                 backoff_s: float = 0.25, max_retry_after_s: float = 30.0,
+                 max_connections: int = 32,
+                 trace_configs: Sequence[aiohttp.TraceConfig] = ()) -> None:
+        """``max_connections``: the pool's limit (``ETH_NODE_MAX_CONNECTIONS``); a request
+        over it waits, which ``trace_configs`` (``Metrics.pool_trace``) make visible."""
         if not urls:
             raise ValueError("at least one RPC URL is required")
         # web3 asks eth_chainId before every call and transaction (its validation); the
@@ -86,10 +90,14 @@ class FallbackHTTPProvider(AsyncHTTPProvider):
         self._active = 0
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(3.0, timeout))
         self._session: aiohttp.ClientSession | None = None
+        self.max_connections = max_connections
+        self._trace_configs = list(trace_configs)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, trace_configs=self._trace_configs,
+                connector=aiohttp.TCPConnector(limit=self.max_connections))
         return self._session
 
     async def _make_request(self, method: Any, request_data: bytes) -> bytes:
@@ -219,13 +227,17 @@ class ChainClient:
         chain_id: int | None = None,
         timeout: float = 10.0,
         fees: FeePolicy | None = None,
+        max_connections: int = 32,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
     ) -> ChainClient:
         urls = ([u.strip() for u in eth_rpc_urls.split(",")] if isinstance(eth_rpc_urls, str)
                 else eth_rpc_urls)
         http_urls = [u for u in urls if u.startswith(("http://", "https://"))]
         ws_urls = [u for u in urls if u.startswith(("ws://", "wss://"))]
         if http_urls:
-            w3 = AsyncWeb3(FallbackHTTPProvider(http_urls, timeout=timeout))
+            w3 = AsyncWeb3(FallbackHTTPProvider(http_urls, timeout=timeout,
+                                                max_connections=max_connections,
+                                                trace_configs=trace_configs))
         elif ws_urls:
             w3 = AsyncWeb3(WebSocketProvider(ws_urls[0]))  # type: ignore[arg-type]
             try:

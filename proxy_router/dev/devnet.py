@@ -16,11 +16,13 @@ import shutil
 import signal
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from eth_utils import keccak
 
@@ -81,6 +83,12 @@ class DevnetState:
     in front of a given backend)."""
     embedding_model_id: str = ""
     embedding_bid_id: str = ""
+    concurrent_slots: int = 0
+    """The model's ``concurrentSlots`` in the provider's models-config.json (0: unknown,
+    a state file written before it was recorded)."""
+    backend_embedded: bool = False
+    """True: ``backend_url`` is the llama.cpp server the devnet started (``pids["llama"]``);
+    False: a server that was already running (``up --backend-url``, or a test's mock)."""
 
     def save(self) -> None:
         path = Path(self.root) / "state.json"
@@ -111,6 +119,101 @@ def _http_ok(url: str, timeout: float = 2.0) -> bool:
             return bool(resp.status == 200)
     except OSError:
         return False
+
+
+class BackendError(ValueError):
+    """A backend URL (``devnet.py up --backend-url``) is malformed, or no OpenAI-compatible
+    server answers ``GET /models`` there; the message says which and what to give."""
+
+
+_ENDPOINT_SUFFIXES = ("/chat/completions", "/completions", "/embeddings", "/models")
+_URL_EXAMPLE = "such as http://127.0.0.1:8000/v1"
+
+
+def backend_base_url(url: str) -> str:
+    """The OpenAI base URL (``.../v1``) of ``url``: a trailing ``/`` and a full endpoint
+    URL (``.../v1/chat/completions``, ``.../v1/models``...) are cut back. Only http(s)
+    with a host and no query or fragment; else ``BackendError``."""
+    text = url.strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BackendError(f"backend URL {url!r} is not an http(s) URL with a host; give the "
+                           f"server's OpenAI base URL, {_URL_EXAMPLE}")
+    try:
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range or not a number
+    except ValueError:
+        raise BackendError(f"backend URL {url!r} has an invalid port; give the server's "
+                           f"OpenAI base URL, {_URL_EXAMPLE}") from None
+    if parts.query or parts.fragment:
+        raise BackendError(f"backend URL {url!r} has a query or fragment; give the server's "
+                           f"OpenAI base URL, {_URL_EXAMPLE}")
+    path = parts.path.rstrip("/")
+    for suffix in _ENDPOINT_SUFFIXES:
+        if path.endswith(suffix):
+            path = path[: -len(suffix)]
+            break
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def backend_models(base_url: str, timeout: float = 5.0) -> list[str]:
+    """The model ids ``GET <base_url>/models`` lists (an OpenAI model list); ``BackendError``
+    when nothing answers there, or not with such a list."""
+    url = base_url + "/models"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            doc = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise BackendError(f"GET {url} answered HTTP {exc.code}: is {base_url} the server's "
+                           f"OpenAI base URL (usually ending in /v1)?") from None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise BackendError(f"no OpenAI-compatible server answers GET {url} ({reason}); start "
+                           f"it first, or give its OpenAI base URL, {_URL_EXAMPLE}") from None
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(data, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("id"), str) for m in data):
+        raise BackendError(f"GET {url} did not answer an OpenAI model list "
+                           '({"data": [{"id": ...}, ...]}): is it an OpenAI-compatible server?')
+    return [m["id"] for m in data]
+
+
+def probe_backend(url: str, timeout: float = 5.0) -> tuple[str, list[str]]:
+    """Check ``url`` before a devnet is started in front of it: (its OpenAI base URL, the
+    model ids it lists). A URL without a path that does not answer is tried with ``/v1``
+    (``http://host:8000`` for ``http://host:8000/v1``)."""
+    base = backend_base_url(url)
+    try:
+        return base, backend_models(base, timeout)
+    except BackendError:
+        if urlsplit(base).path:
+            raise
+        try:
+            return base + "/v1", backend_models(base + "/v1", timeout)
+        except BackendError:
+            pass
+        raise
+
+
+def choose_backend(backend_url: str | None, model_name: str | None = None,
+                   note: Callable[[str], None] = print) -> tuple[str | None, str]:
+    """What ``devnet.py up`` runs: (the backend's OpenAI base URL, or None for the embedded
+    SmolLM2; the model name). The name defaults to ``MODEL_NAME`` when embedded, else to
+    the first model id the server lists; a name it does not list is used with a ``note``
+    (servers that ignore ``model`` list one name and answer to any). Checked before
+    anything starts: ``BackendError`` says what is wrong."""
+    if backend_url is None:
+        return None, model_name or MODEL_NAME
+    base, listed = probe_backend(backend_url)
+    if model_name:
+        if listed and model_name not in listed:
+            shown = ", ".join(listed[:5]) + (" ..." if len(listed) > 5 else "")
+            note(f"note: {base}/models lists {shown}, not {model_name!r}; using it anyway "
+                 "(the provider sends it to the server as `model`)")
+        return base, model_name
+    if not listed:
+        raise BackendError(f"{base}/models lists no model; name the one to serve with "
+                           "--model-name")
+    return base, listed[0]
 
 
 def router_command() -> list[str]:
@@ -160,21 +263,25 @@ class Devnet:
     def up(self, *, backend_url: str | None = None, concurrent_slots: int = 4,
            extra_router_env: dict[str, str] | None = None,
            anvil_state: bool = False, flavor: Flavor = "native",
-           diamond: Kind = "double") -> DevnetState:
+           diamond: Kind = "double", model_name: str | None = None) -> DevnetState:
         """Start the stack; with ``backend_url`` the provider uses that server instead
-        of starting llama.cpp (tests pass a mock backend there). ``flavor="morpheus"``
-        trades on a Morpheus-Lumerin diamond: our double, or the reference's own
-        contracts (``diamond="reference"``, needs ``MORPHEUS_SRC``)."""
+        of starting llama.cpp (tests pass a mock backend there; ``probe_backend`` checks
+        one first) and no embedding server runs. ``model_name`` (default
+        ``MODEL_NAME``) is registered on chain and sent to the backend as ``model``.
+        ``flavor="morpheus"`` trades on a Morpheus-Lumerin diamond: our double, or the
+        reference's own contracts (``diamond="reference"``, needs ``MORPHEUS_SRC``)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.flavor, self.diamond = flavor, diamond
         try:
-            return self._up(backend_url, concurrent_slots, extra_router_env or {}, anvil_state)
+            return self._up(backend_url, concurrent_slots, extra_router_env or {}, anvil_state,
+                            model_name=model_name or MODEL_NAME)
         except BaseException:
             self.down_pids(self.pids)
             raise
 
     def _up(self, backend_url: str | None, slots: int,
-            extra_env: dict[str, str], anvil_state: bool) -> DevnetState:
+            extra_env: dict[str, str], anvil_state: bool, *,
+            model_name: str = MODEL_NAME) -> DevnetState:
         anvil_port = free_port()
         rpc_url = f"http://127.0.0.1:{anvil_port}"
         self._say(f"starting anvil on {rpc_url}")
@@ -188,7 +295,7 @@ class Devnet:
         embedding_url = ""
         if backend_url is None:
             gguf = smollm2_gguf_path()
-            llama = EmbeddedLlamaServer(gguf, port=free_port(), model_alias=MODEL_NAME,
+            llama = EmbeddedLlamaServer(gguf, port=free_port(), model_alias=model_name,
                                         n_ctx=2048, n_threads=2)
             self._say(f"starting llama.cpp with {gguf.name} (loading the model...)")
             self.spawn("llama", llama.command())
@@ -204,12 +311,13 @@ class Devnet:
         what = f"the Morpheus diamond ({self.diamond})" if self.flavor == "morpheus" \
             else "MorToken + Marketplace"
         self._say(f"deploying {what}, registering provider, model and bid")
-        chain = asyncio.run(self._onboard(rpc_url, endpoint, embeddings=bool(embedding_url)))
+        chain = asyncio.run(self._onboard(rpc_url, endpoint, embeddings=bool(embedding_url),
+                                          model_name=model_name))
 
         if "llama" in self.pids:
             self.wait_until("llama.cpp", lambda: _http_ok(backend_url + "/models"), 180, "llama")
             self._say(f"llama.cpp ready at {backend_url}")
-        models = [{"modelId": chain["model_id"], "modelName": MODEL_NAME, "apiType": "openai",
+        models = [{"modelId": chain["model_id"], "modelName": model_name, "apiType": "openai",
                    "apiUrl": backend_url, "concurrentSlots": slots}]
         if embedding_url:
             self.wait_until("llama.cpp embeddings",
@@ -244,21 +352,22 @@ class Devnet:
         self.spawn("consumer", [*router_command(), "--role", "consumer", "--env-file",
                                 str((self.root / "consumer.env").resolve())])
         self.wait_until("provider", lambda: port_open(provider_port), 60, "provider")
-        self.wait_until("consumer", lambda: _models_listed(consumer_base, MODEL_NAME), 60,
+        self.wait_until("consumer", lambda: _models_listed(consumer_base, model_name), 60,
                         "consumer")
         state = DevnetState(
             rpc_url=rpc_url, chain_id=ANVIL_CHAIN_ID, marketplace_address=chain["marketplace"],
             mor_token_address=chain["token"], fee_recipient=dev_address(FEE_RECIPIENT),
             consumer_url=consumer_base + "/v1", consumer_base=consumer_base,
             provider_endpoint=endpoint, backend_url=backend_url, model_id=chain["model_id"],
-            model_name=MODEL_NAME, bid_id=chain["bid_id"], user_address=dev_address(USER),
+            model_name=model_name, bid_id=chain["bid_id"], user_address=dev_address(USER),
             provider_address=dev_address(PROVIDER), root=str(self.root), pids=dict(self.pids),
             deploy_block=int(chain["deploy_block"]), flavor=self.flavor,
             diamond=self.diamond if self.flavor == "morpheus" else "",
             funding_account=chain.get("funding_account", ""),
             embedding_model_name=EMBEDDING_MODEL_NAME if embedding_url else "",
             embedding_model_id=chain.get("embedding_model_id", ""),
-            embedding_bid_id=chain.get("embedding_bid_id", ""))
+            embedding_bid_id=chain.get("embedding_bid_id", ""),
+            concurrent_slots=slots, backend_embedded="llama" in self.pids)
         state.save()
         self.state = state
         self._say("devnet is up")
@@ -278,24 +387,29 @@ class Devnet:
         """Start ``name`` again with the command it was first started with."""
         return self.spawn(name, self._commands[name], env)
 
-    def add_provider(self, account: int, backend_url: str, price: int,
-                     slots: int = 4) -> tuple[str, str]:
+    def add_provider(self, account: int, backend_url: str | None, price: int,
+                     slots: int = 4, *, backend_urls: list[str] | None = None,
+                     extra_env: dict[str, str] | None = None) -> tuple[str, str]:
         """Register dev ``account`` as another provider bidding on the model, start
-        its router, and return (endpoint, bid id)."""
+        its router, and return (endpoint, bid id). ``backend_urls``: several backends
+        behind the model (each with ``slots``), instead of ``backend_url``."""
         assert self.state is not None
+        api_url: str | list[str] | None = backend_urls or backend_url
+        assert api_url, "a backend_url or backend_urls is needed"
         port = free_port()
         endpoint = f"127.0.0.1:{port}"
         name = f"provider{account}"
         bid_id = asyncio.run(self._onboard_provider(account, endpoint, price))
         config = self.root / f"models-config-{account}.json"
         config.write_text(json.dumps({"models": [{
-            "modelId": self.state.model_id, "modelName": MODEL_NAME, "apiType": "openai",
-            "apiUrl": backend_url, "concurrentSlots": slots}]}) + "\n")
+            "modelId": self.state.model_id, "modelName": self.state.model_name or MODEL_NAME,
+            "apiType": "openai", "apiUrl": api_url, "concurrentSlots": slots}]}) + "\n")
         self._write_env(f"{name}.env", {**self._common_env,
                                         "WALLET_PRIVATE_KEY": dev_key(account),
                                         "PROXY_ADDRESS": endpoint,
                                         "MODELS_CONFIG_PATH": str(config.resolve()),
-                                        "PROXY_STORAGE_PATH": str(self.root / f"{name}-data")})
+                                        "PROXY_STORAGE_PATH": str(self.root / f"{name}-data"),
+                                        **(extra_env or {})})
         self.spawn(name, [*router_command(), "--role", "provider", "--env-file",
                           str((self.root / f"{name}.env").resolve())])
         self.wait_until(name, lambda: port_open(port), 60, name)
@@ -313,7 +427,8 @@ class Devnet:
         self.spawn(name, [*router_command(), "--role", "consumer", "--env-file",
                           str((self.root / f"{name}.env").resolve())])
         base = f"http://127.0.0.1:{port}"
-        self.wait_until(name, lambda: _models_listed(base, MODEL_NAME), 60, name)
+        model_name = self.state.model_name if self.state is not None else MODEL_NAME
+        self.wait_until(name, lambda: _models_listed(base, model_name), 60, name)
         return base
 
     async def _onboard_provider(self, account: int, endpoint: str, price: int) -> str:
@@ -334,8 +449,8 @@ class Devnet:
         path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
         path.chmod(0o600)
 
-    async def _onboard(self, rpc_url: str, endpoint: str, *, embeddings: bool
-                       ) -> dict[str, str]:
+    async def _onboard(self, rpc_url: str, endpoint: str, *, embeddings: bool,
+                       model_name: str = MODEL_NAME) -> dict[str, str]:
         """Deploy the marketplace of ``self.flavor``, then list the model on it (and the
         embedding model, when ``embeddings``)."""
         if self.flavor == "morpheus":
@@ -356,9 +471,10 @@ class Devnet:
         try:
             market = open_market(client, self.flavor, chain["marketplace"], chain["token"])
             await market.register_provider(await market.provider_min_stake(), endpoint)
+            tags = ["llm", "gguf", "smollm2"] if model_name == MODEL_NAME else ["llm"]
             chain["model_id"], _ = await market.register_model(
-                keccak(text=MODEL_NAME), b"\x00" * 32, await market.model_min_stake(),
-                MODEL_NAME, ["llm", "gguf", "smollm2"])
+                keccak(text=model_name), b"\x00" * 32, await market.model_min_stake(),
+                model_name, tags)
             chain["bid_id"], _ = await market.post_bid(chain["model_id"], PRICE_PER_SECOND)
             if embeddings:
                 chain["embedding_model_id"], _ = await market.register_model(
@@ -401,7 +517,8 @@ class Devnet:
         state = DevnetState.load(root)
         return {"processes": {name: is_alive(pid) for name, pid in state.pids.items()},
                 "consumer_healthy": _http_ok(state.consumer_base + "/healthcheck"),
-                "consumer_url": state.consumer_url, "model": state.model_name}
+                "consumer_url": state.consumer_url, "model": state.model_name,
+                "backend_url": state.backend_url}
 
 
 def _rpc_ok(url: str) -> bool:

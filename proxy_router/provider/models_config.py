@@ -1,7 +1,8 @@
 """`models-config.json`: which on-chain models this provider serves, and how.
 
-Each entry maps an on-chain `modelId` to an OpenAI-compatible backend: either an
-`apiUrl` of a server that already runs, or a `gguf` file the provider launches
+Each entry maps an on-chain `modelId` to OpenAI-compatible backends: either the
+`apiUrl` of a server that already runs (or a list of them: several servers behind one
+model, each with the model's `concurrentSlots`), or a `gguf` file the provider launches
 itself with llama-cpp-python.
 
 Two formats load, told apart by the document itself:
@@ -78,6 +79,24 @@ class ModelsConfigError(ValueError):
         super().__init__("\n".join(lines))
 
 
+def _base_url(value: object, where: str) -> str:
+    """The base URL of one ``apiUrl``: a full ``.../chat/completions`` URL (reference style)
+    is cut back."""
+    url = value.strip().rstrip("/") if isinstance(value, str) else ""
+    if url.endswith(_CHAT_SUFFIX):
+        url = url[: -len(_CHAT_SUFFIX)]
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise PydanticCustomError(
+            "api_url", "{where}must be an http(s) URL such as http://127.0.0.1:8080/v1",
+            {"where": f"{where}: " if where else ""})
+    return url
+
+
 def normalize_model_id(model_id: str) -> str:
     """Canonical form of an on-chain id: lower-case hex with `0x` (ids compare as bytes)."""
     mid = model_id.strip().lower()
@@ -114,16 +133,20 @@ class LlamaArgs(BaseModel):
 
 
 class ModelConfig(BaseModel):
-    """One served model. Exactly one of `apiUrl` (external server) or `gguf` (embedded)."""
+    """One served model. Exactly one of `apiUrl` (external servers) or `gguf` (embedded)."""
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
 
     model_id: str = Field(alias="modelId")
     model_name: str = Field(alias="modelName", min_length=1)
     api_type: Literal["openai"] = Field(default="openai", alias="apiType")
-    api_url: str | None = Field(default=None, alias="apiUrl")
+    api_urls: tuple[str, ...] = Field(default=(), alias="apiUrl")
+    """Base URLs of the model's servers: ``apiUrl`` is one URL or a list of them (several
+    GPUs or a cluster behind one model); the provider balances prompts between them."""
     api_key: str | None = Field(default=None, alias="apiKey", repr=False)
     concurrent_slots: int = Field(default=DEFAULT_CONCURRENT_SLOTS, alias="concurrentSlots", ge=1)
+    """Slots of EACH backend: the model serves ``concurrent_slots × len(api_urls)`` prompts
+    at once (``total_slots``)."""
     model_type: Literal["llm", "embedding"] = Field(default="llm", alias="modelType")
     """``embedding``: the server answers ``/v1/embeddings`` only; ``llm``: chat and legacy
     completions (a server cannot do both well: llama.cpp's embedding mode skips logits)."""
@@ -149,21 +172,30 @@ class ModelConfig(BaseModel):
             )
         return value
 
-    @field_validator("api_url")
+    @field_validator("api_urls", mode="before")
     @classmethod
-    def _normalize_api_url(cls, value: str | None) -> str | None:
-        """Store the base URL; a full `.../chat/completions` URL (reference style) is cut back."""
+    def _normalize_api_urls(cls, value: object) -> tuple[str, ...]:
+        """One URL or a non-empty list of distinct ones, each stored as its base URL."""
         if value is None:
-            return None
-        url = value.strip().rstrip("/")
-        if url.endswith(_CHAT_SUFFIX):
-            url = url[: -len(_CHAT_SUFFIX)]
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise PydanticCustomError(
-                "api_url", "must be an http(s) URL such as http://127.0.0.1:8080/v1"
-            )
-        return url
+            return ()
+        many = isinstance(value, list | tuple)
+        urls = list(value) if isinstance(value, list | tuple) else [value]
+        if many and not urls:
+            raise PydanticCustomError("api_url", "must list at least one URL")
+        out = tuple(_base_url(url, f"[{i}]" if many else "") for i, url in enumerate(urls))
+        if len(set(out)) != len(out):
+            raise PydanticCustomError("api_url", "lists the same URL twice")
+        return out
+
+    @property
+    def api_url(self) -> str | None:
+        """The first backend's base URL (None for a gguf model)."""
+        return self.api_urls[0] if self.api_urls else None
+
+    @property
+    def total_slots(self) -> int:
+        """Prompts the model serves at once: slots per backend × backends (1 for gguf)."""
+        return self.concurrent_slots * max(1, len(self.api_urls))
 
     @field_validator("gguf")
     @classmethod
@@ -181,7 +213,7 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_backend(self) -> ModelConfig:
-        if (self.api_url is None) == (self.gguf is None):
+        if bool(self.api_urls) == (self.gguf is not None):
             raise _conflict("apiUrl", "exactly one of apiUrl or gguf is required")
         if self.llama_args is not None and self.gguf is None:
             raise _conflict("llamaArgs", "llamaArgs only applies to a gguf model")
@@ -227,8 +259,8 @@ class ModelsConfig(BaseModel):
         return isinstance(model_id, str) and self.get(model_id) is not None
 
     def slots_by_model(self) -> dict[str, int]:
-        """`concurrentSlots` per model id, the input of CapacityManager."""
-        return {m.model_id: m.concurrent_slots for m in self.models}
+        """Slots per model id (``concurrentSlots`` × backends), the input of CapacityManager."""
+        return {m.model_id: m.total_slots for m in self.models}
 
 
 def _format_loc(loc: tuple[int | str, ...], ctx: Mapping[str, Any] | None) -> str:
@@ -273,20 +305,28 @@ def _skip_reason(entry: Mapping[str, Any]) -> str | None:
     if api_type != "openai":
         known = "" if api_type in _REFERENCE_API_TYPES else "unknown "
         return f"{known}apiType {api_type!r}: this router serves OpenAI-compatible chat only"
-    url = entry.get("apiUrl")
-    if isinstance(url, str):
+    for url in _urls_of(entry.get("apiUrl")):
         path = urlsplit(url.strip()).path.rstrip("/")
         if not path.endswith("/chat/completions") and path.endswith(_NOT_CHAT):
             return "apiUrl is not a chat or embeddings endpoint (audio, images...)"
     return None
 
 
+def _urls_of(value: object) -> list[str]:
+    """The string URLs of an ``apiUrl`` (one, or a list); the rest is for validation."""
+    values = value if isinstance(value, list) else [value]
+    return [v for v in values if isinstance(v, str)]
+
+
 def _from_reference_entry(entry: Mapping[str, Any], label: str) -> dict[str, Any]:
     """Our form of one reference entry; what we ignore is warned about, by name only."""
     out = {k: v for k, v in entry.items() if k in _OUR_KEYS}
-    url = out.get("apiUrl")
-    if isinstance(url, str) and url.strip().rstrip("/").endswith(_EMBEDDINGS_SUFFIX):
-        out["apiUrl"] = url.strip().rstrip("/")[: -len(_EMBEDDINGS_SUFFIX)]
+    given = out.get("apiUrl")
+    urls = [u.strip().rstrip("/") for u in _urls_of(given)]
+    if urls and len(urls) == len(given if isinstance(given, list) else [given]) \
+            and all(u.endswith(_EMBEDDINGS_SUFFIX) for u in urls):
+        cut = [u[: -len(_EMBEDDINGS_SUFFIX)] for u in urls]
+        out["apiUrl"] = cut if isinstance(out["apiUrl"], list) else cut[0]
         out["modelType"] = "embedding"
     name = entry.get("modelName")
     ignored = sorted(k for k in entry if k not in _OUR_KEYS | _REFERENCE_KEYS)

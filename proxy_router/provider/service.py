@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -55,6 +55,7 @@ from proxy_router.provider.backend import (
     OpenAIBackend,
 )
 from proxy_router.provider.backend_health import BackendMonitor
+from proxy_router.provider.backend_pool import BackendPool, PromptBackend
 from proxy_router.provider.capacity import (
     QUEUE_DEPTH,
     QUEUE_WAIT_S,
@@ -65,7 +66,7 @@ from proxy_router.provider.capacity import (
 )
 from proxy_router.provider.choices import serve_choices
 from proxy_router.provider.hardware import detect_hardware
-from proxy_router.provider.models_config import ModelsConfig, normalize_model_id
+from proxy_router.provider.models_config import ModelConfig, ModelsConfig, normalize_model_id
 from proxy_router.provider.normalize import (
     normalize_chat,
     normalize_completion,
@@ -163,7 +164,8 @@ class ProviderService:
     settlement of sessions its users left open."""
 
     def __init__(self, *, account: LocalAccount, market: Market, index: MarketIndex,
-                 models: ModelsConfig, backend_urls: dict[str, str], store: Store,
+                 models: ModelsConfig, backend_urls: Mapping[str, str | Sequence[str]],
+                 store: Store,
                  http: aiohttp.ClientSession, backend_timeouts: BackendTimeouts | None = None,
                  capacity: CapacityManager | None = None, close_grace_s: int = 60,
                  metrics: Metrics | None = None, prompts_per_session: int = 1,
@@ -187,12 +189,11 @@ class ProviderService:
         self.request_rate = RateLimiter(session_requests_per_ip_s,
                                         burst=max(1.0, 2 * session_requests_per_ip_s))
         self.backends = {
-            normalize_model_id(m.model_id): OpenAIBackend(
-                backend_urls[normalize_model_id(m.model_id)], model_name=m.model_name,
-                session=http, api_key=m.api_key, timeouts=backend_timeouts,
-                on_abort=functools.partial(self.metrics.backend_aborted, m.model_name))
+            normalize_model_id(m.model_id): self._pool(
+                m, backend_urls[normalize_model_id(m.model_id)], http, backend_timeouts)
             for m in models.models
         }
+        """A pool of backends per model id (one per ``apiUrl``; one for a gguf model)."""
         self.health = BackendMonitor(self.backends, http)
         self.close_grace_s = close_grace_s
         self._http = http
@@ -201,6 +202,19 @@ class ProviderService:
         """Our own open sessions as read from the chain (evicted at close or end)."""
         self._gas_price: tuple[float, int] = (0.0, 0)
         index.subscribe(self._on_event)
+
+    def _pool(self, model: ModelConfig, urls: str | Sequence[str],
+              http: aiohttp.ClientSession, timeouts: BackendTimeouts | None) -> BackendPool:
+        on_abort = functools.partial(self.metrics.backend_aborted, model.model_name)
+        backends = [OpenAIBackend(url, model_name=model.model_name, session=http,
+                                  api_key=model.api_key, timeouts=timeouts, on_abort=on_abort)
+                    for url in ([urls] if isinstance(urls, str) else urls)]
+        return BackendPool(normalize_model_id(model.model_id), model.model_name, backends,
+                           slots=model.concurrent_slots, metrics=self.metrics)
+
+    async def close(self) -> None:
+        """Stop the backends' recovery probes."""
+        await self.health.close()
 
     # -- wiring ----------------------------------------------------------------
 
@@ -401,15 +415,14 @@ class ProviderService:
                     meter = MeterSum(prompt_tokens_estimate=estimate_prompt_tokens(body))
                     async with contextlib.aclosing(serve_choices(
                             body, meter, self.capacity.extra_slots(model_id, body["n"] - 1),
-                            functools.partial(self._generate, model_id, backend, api=api),
-                            functools.partial(_count_missing, backend, api=api))) as choices:
+                            functools.partial(self._generate, backend, api=api),
+                            _counted)) as choices:
                         async for item in choices:
                             yield item
                 else:
                     meter = UsageMeter(prompt_tokens_estimate=estimate_prompt_tokens(body))
-                    async for item in self._generate(model_id, backend, body, meter, api):
+                    async for item in self._generate(backend, body, meter, api):
                         yield item
-                    await _count_missing(backend, body, meter, api)
         except NoCapacity as exc:
             raise RpcError(ErrorCode.NO_CAPACITY, str(exc),
                            {"retryAfter": exc.retry_after_s}) from None
@@ -424,7 +437,7 @@ class ProviderService:
         if trailer is not None:
             trailer["usage"] = usage
 
-    async def _record_stopped(self, session_id: str, backend: OpenAIBackend,
+    async def _record_stopped(self, session_id: str, backend: BackendPool,
                               body: dict[str, Any], meter: UsageMeter) -> None:
         """A prompt stopped before its end: what it used so far, without asking the
         backend anything more (the next prompt is due there)."""
@@ -436,7 +449,7 @@ class ProviderService:
         log.info("prompt_stopped", session=session_id, model=backend.model_name,
                  generated=usage["completion_tokens"])  # a "token" key would be masked
 
-    async def _record_usage(self, session_id: str, backend: OpenAIBackend,
+    async def _record_usage(self, session_id: str, backend: BackendPool,
                             body: dict[str, Any], meter: UsageMeter) -> dict[str, Any]:
         """The prompt's figures: into the metrics and the store (the receipt of
         ``session.report`` sums them); returned for our wire's signed trailer, where
@@ -599,7 +612,7 @@ class ProviderService:
             "hardware": _integers_only(detect_hardware()),
             "models": [
                 {"modelId": normalize_model_id(m.model_id), "modelName": m.model_name,
-                 "slots": m.concurrent_slots,
+                 "slots": m.total_slots,
                  "capacity": snapshot.get(normalize_model_id(m.model_id), {})}
                 for m in self.models.models
             ],
@@ -618,16 +631,26 @@ class ProviderService:
             raise RpcError(ErrorCode.CHAIN_UNAVAILABLE,
                            "the provider cannot reach its chain right now; retry later") from None
 
-    async def _generate(self, model_id: str, backend: OpenAIBackend, body: dict[str, Any],
-                        meter: UsageMeter, api: PromptApi = "chat"
-                        ) -> AsyncGenerator[PromptItem, None]:
-        """``_answer`` with backend failures as RPC errors that name no URL or path."""
+    async def _generate(self, pool: BackendPool, body: dict[str, Any], meter: UsageMeter,
+                        api: PromptApi = "chat") -> AsyncGenerator[PromptItem, None]:
+        """One generation on one backend of ``pool`` (``_answer``, then the counts its usage
+        lacked, asked of the same server: its prompt cache and tokenizer are its own), with
+        backend failures as RPC errors that name no URL or path. The lease takes a failed
+        backend out and retries another before the first token."""
+        with pool.lease() as backend:
+            async with contextlib.aclosing(self._mapped(backend, body, meter, api)) as items:
+                async for item in items:
+                    yield item
+            await _count_missing(backend, body, meter, api)
+
+    @staticmethod
+    async def _mapped(backend: PromptBackend, body: dict[str, Any], meter: UsageMeter,
+                      api: PromptApi) -> AsyncGenerator[PromptItem, None]:
         try:
             async with contextlib.aclosing(_answer(backend, body, meter, api)) as items:
                 async for item in items:
                     yield item
         except BackendUnavailable as exc:
-            self.health.mark_down(model_id)
             log.warning("backend_unavailable", model=backend.model_name, reason=exc.reason)
             raise RpcError(ErrorCode.BACKEND_UNAVAILABLE, "the model server is unavailable") \
                 from None
@@ -639,10 +662,9 @@ class ProviderService:
             log.warning("backend_failed", model=backend.model_name, error=str(exc))
             raise RpcError(ErrorCode.BACKEND_ERROR, "the model server's answer broke off") \
                 from None
-        self.health.mark_up(model_id)
 
 
-async def _answer(backend: OpenAIBackend, body: dict[str, Any], meter: UsageMeter,
+async def _answer(backend: PromptBackend, body: dict[str, Any], meter: UsageMeter,
                   api: PromptApi = "chat") -> AsyncGenerator[PromptItem, None]:
     """The backend's answer, measured: a stream as each read's raw event payloads
     (forwarded without a JSON round trip), a non-stream reply as its one JSON object."""
@@ -658,7 +680,7 @@ async def _answer(backend: OpenAIBackend, body: dict[str, Any], meter: UsageMete
         yield response
 
 
-async def _count_missing(backend: OpenAIBackend, body: dict[str, Any], meter: UsageMeter,
+async def _count_missing(backend: PromptBackend, body: dict[str, Any], meter: UsageMeter,
                          api: PromptApi = "chat") -> None:
     """The counts the backend's usage lacked (llama-cpp-python's streams carry none),
     asked of the backend: the prompt's as the same request unstreamed counts it (a
@@ -680,6 +702,11 @@ async def _count_missing(backend: OpenAIBackend, body: dict[str, Any], meter: Us
 
 async def _none() -> None:
     return None
+
+
+async def _counted(body: dict[str, Any], meter: UsageMeter) -> None:
+    """Each choice's counts are asked inside its generation (``_generate``), of its own
+    backend."""
 
 
 def backend_refusal(exc: BackendError) -> RpcError:

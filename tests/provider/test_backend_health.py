@@ -11,8 +11,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy_router.provider.backend_health import BackendMonitor
+from proxy_router.provider.backend_pool import BackendPool
 
 M = "0x" + "aa" * 32
+
+
+def pool_of(backend: SimpleNamespace) -> BackendPool:
+    return BackendPool(M, backend.model_name, [cast(Any, backend)], slots=1)
 
 
 async def test_probes_are_cached_when_up_and_repeated_when_down() -> None:
@@ -27,7 +32,7 @@ async def test_probes_are_cached_when_up_and_repeated_when_down() -> None:
     now = [0.0]
     async with TestServer(app) as server, aiohttp.ClientSession() as http:
         backend = SimpleNamespace(base_url=str(server.make_url("/v1")), model_name="m")
-        monitor = BackendMonitor(cast(Any, {M: backend}), http, clock=lambda: now[0])
+        monitor = BackendMonitor({M: pool_of(backend)}, http, clock=lambda: now[0])
         assert await monitor.is_up(M) and await monitor.is_up(M)
         assert state["probes"] == 1, "a fresh good answer is reused"
         state["status"] = 503
@@ -45,7 +50,7 @@ async def test_probes_are_cached_when_up_and_repeated_when_down() -> None:
 async def test_an_unreachable_backend_is_reported_without_its_address() -> None:
     async with aiohttp.ClientSession() as http:
         backend = SimpleNamespace(base_url="http://127.0.0.1:9/v1", model_name="m")
-        monitor = BackendMonitor(cast(Any, {M: backend}), http)
+        monitor = BackendMonitor({M: pool_of(backend)}, http)
         assert not await monitor.is_up(M)
         (component,) = (await monitor.health()).values()
         assert component["ok"] is False and "127.0.0.1" not in str(component["error"])

@@ -194,7 +194,7 @@ async def test_counts_nothing_better_exists_for_are_marked_as_estimates(
     assert usage["estimated"] == again["estimated"] == ["prompt", "completion"]
     assert usage["completion_tokens"] == len(TOKENS), "one token per content chunk"
     assert (p.estimated("prompt"), p.estimated("completion")) == (2, 2)
-    assert p.service.backends[MODEL].tokenizer is False, "asked once, then no more"
+    assert p.service.backends[MODEL].backends[0].tokenizer is False, "asked once, then no more"
 
 
 async def test_a_server_without_the_tokenizer_route_is_not_asked_the_prompt_again(

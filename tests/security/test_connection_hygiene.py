@@ -45,7 +45,8 @@ Connect = Callable[..., Awaitable[Conn]]
 def limits(**kw: Any) -> ConnectionLimits:
     """Limits whose timers stay out of the way unless a test shortens one."""
     base: dict[str, Any] = {"header_timeout_s": LONG_S, "keepalive_timeout_s": LONG_S,
-                            "body_timeout_s": LONG_S}
+                            "body_timeout_s": LONG_S,
+                            "exempt_loopback": False}  # the tests' peers are all loopback
     return ConnectionLimits(**{**base, **kw})
 
 
@@ -191,6 +192,50 @@ async def test_the_total_cap_holds_across_remotes(serve: Serve, connect: Connect
     held[0][1].close()
     await eventually(lambda: guard.open_connections == 2, "a closed one uncounted")
     assert await get(await connect(port, "127.0.0.3")) == (200, b"ok")
+
+
+async def test_loopback_peers_are_exempt_from_the_per_ip_cap_not_from_the_total(
+        serve: Serve, connect: Connect) -> None:
+    port, guard = await serve(limits(max_per_remote=2, max_total=4, exempt_loopback=True))
+    held = [await connect(port) for _ in range(4)]  # twice the per-IP cap, from 127.0.0.1
+    await eventually(lambda: guard.per_remote == {"127.0.0.1": 4}, "4 connections counted")
+    for conn in held:
+        assert await get(conn) == (200, b"ok")
+    assert guard.refused_per_remote == 0
+
+    over = await connect(port)
+    assert await closed_by_server(over) == b""
+    assert guard.refused() == {"max_per_remote": 0, "max_total": 1}
+
+
+def test_only_loopback_addresses_are_exempt() -> None:
+    lim = ConnectionLimits(max_per_remote=1)
+    assert not lim.over_per_remote("127.0.0.1", 5) and not lim.over_per_remote("::1", 5)
+    assert lim.over_per_remote("203.0.113.7", 1) and lim.over_per_remote("", 1)
+    assert not lim.over_per_remote("203.0.113.7", 0)
+    assert ConnectionLimits(max_per_remote=1, exempt_loopback=False).over_per_remote(
+        "127.0.0.1", 1)
+
+
+async def test_refusals_are_counted_in_metrics_and_logged(
+        serve: Serve, connect: Connect) -> None:
+    from structlog.testing import capture_logs
+
+    from proxy_router.metrics import Metrics
+    port, guard = await serve(limits(max_per_remote=1))
+    metrics = Metrics("provider")
+    metrics.watch_connection_guard(guard.refused)
+    held = await connect(port)
+    await eventually(lambda: guard.open_connections == 1, "1 connection counted")
+    with capture_logs() as logs:
+        for _ in range(2):
+            assert await closed_by_server(await connect(port)) == b""
+    assert metrics.registry.get_sample_value(
+        "proxy_router_http_connections_refused_total", {"cap": "max_per_remote"}) == 2
+    warned = [e for e in logs if e["event"] == "http_connection_cap_reached"]
+    assert len(warned) == 1, "rate-limited: one warning for the two refusals"
+    assert warned[0]["cap"] == "max_per_remote"
+    assert await get(held) == (200, b"ok")
 
 
 # -- header and keep-alive deadlines ----------------------------------------------------------
