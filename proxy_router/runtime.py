@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import structlog
 from aiohttp import web
 
@@ -68,7 +67,6 @@ class Router:
     client: ChainClient
     market: Market
     index: MarketIndex
-    http: aiohttp.ClientSession
     metrics: Metrics
     runners: list[web.AppRunner] = field(default_factory=list)
     closers: list[Any] = field(default_factory=list)
@@ -96,8 +94,7 @@ class Router:
                             start_block=settings.eth_node_start_block or 0,
                             max_log_range=settings.eth_node_max_log_range)
         metrics.follow_market(index, client.address)
-        return cls(role, settings, store, client, market, index, aiohttp.ClientSession(),
-                   metrics)
+        return cls(role, settings, store, client, market, index, metrics)
 
     async def start(self) -> None:
         await self.index.start()
@@ -237,7 +234,6 @@ class Router:
         for close in reversed(self.closers):
             with contextlib.suppress(Exception):
                 await close()
-        await self.http.close()
         await self.client.close()
         await self.store.close()
 
