@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -68,7 +68,13 @@ from proxy_router.consumer.schemas import (
     parse_body,
 )
 from proxy_router.consumer.sessions import ConsumerSession, SessionManager, public_row
-from proxy_router.consumer.sse import USAGE_KEY, checked_sse, filter_usage, first_event
+from proxy_router.consumer.sse import (
+    USAGE_KEY,
+    ClientEvents,
+    checked_sse,
+    filter_usage,
+    first_event,
+)
 from proxy_router.health import Health, health_response
 from proxy_router.logs import request_id
 from proxy_router.metrics import CLIENT_GONE, CLIENT_LEFT, Metrics
@@ -337,9 +343,8 @@ class ConsumerApi:
 
     async def _stream(self, request: web.Request, req: PromptRequest, reply: Reply,
                       headers: dict[str, str]) -> web.StreamResponse:
-        chunks = reply.chunks()
         try:
-            head = await _opening(chunks)
+            head = await _opening(reply)
         except (RpcError, RpcUnavailable) as exc:
             # No token has been sent, nor any header: the client gets the error as a
             # non-streamed request would (its status, its message), not a broken stream.
@@ -350,7 +355,7 @@ class ConsumerApi:
                                            "Cache-Control": "no-cache"})
         try:
             await resp.prepare(request)
-            await _relay(self.chat, resp, req, reply, head, chunks)
+            await _relay(self.chat, request, resp, req, reply, head)
         except ConnectionResetError:
             # The client closed the stream: an ordinary end, so no error and no traceback
             # (the metrics count a 499). The provider is told to stop now (rpc.cancel),
@@ -473,27 +478,23 @@ async def _unless_client_leaves(request: web.Request, work: Awaitable[T]) -> T:
                 await task
 
 
-async def _relay(chat: ChatService, resp: web.StreamResponse, req: PromptRequest, reply: Reply,
-                 head: list[bytes], chunks: AsyncIterator[bytes]) -> None:
+async def _relay(chat: ChatService, request: web.Request, resp: web.StreamResponse,
+                 req: PromptRequest, reply: Reply, head: list[bytes]) -> None:
     """The provider's chunks to the client, then [DONE]; ``ConnectionResetError``
-    once the client is gone."""
+    once the client is gone. The opening chunks go through aiohttp's writer (they
+    carry the headers); the rest is relayed from the MOR-RPC socket's reader
+    (``ClientEvents``), the consumer's per-token path."""
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     saw_usage = False
-    write = resp.write
     try:
         for chunk in head:
             chunk, saw = _for_client(chunk, include_usage)
             saw_usage |= saw
             if chunk:
-                await write(chunk)
-        async for chunk in chunks:
-            chunk = checked_sse(chunk)
-            if USAGE_KEY in chunk:  # rare: the stream's last event
-                chunk, saw = filter_usage(chunk, include_usage)
-                saw_usage |= saw
-                if not chunk:
-                    continue
-            await write(chunk)
+                await resp.write(chunk)
+        events = ClientEvents(request, resp, include_usage=include_usage)
+        await reply.stream.relay(events)
+        saw_usage |= events.saw_usage
     except (RpcError, RpcUnavailable) as exc:
         # Text already reached the client, so no retry: end the stream with the
         # error, and stop using a provider that broke mid-answer.
@@ -521,17 +522,18 @@ _MAX_OPENING_CHUNKS = 4
 _TOKEN_FIELDS = ("content", "tool_calls", "function_call", "refusal", "reasoning_content")
 
 
-async def _opening(chunks: AsyncIterator[bytes]) -> list[bytes]:
+async def _opening(reply: Reply) -> list[bytes]:
     """A stream's chunks up to the first that carries a token (a few at most).
 
     A backend may open with a role-only delta and fail right after; read that far
     before any header is sent, so such a failure still becomes an HTTP error. Every
     backend we know sends its first token in its first or second chunk."""
-    head: list[bytes] = []
-    async for chunk in chunks:
-        head.append(chunk)
-        if len(head) >= _MAX_OPENING_CHUNKS or _carries_token(chunk):
+    head = [reply.first]
+    while len(head) < _MAX_OPENING_CHUNKS and not _carries_token(head[-1]):
+        chunk = await anext(reply.stream, None)
+        if chunk is None:
             break
+        head.append(chunk)
     return head
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -103,11 +103,6 @@ class Reply:
             await self.stream.aclose()
         finally:
             self.close()
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        yield self.first
-        async for chunk in self.stream:
-            yield chunk
 
     @property
     def usage(self) -> dict[str, Any] | None:

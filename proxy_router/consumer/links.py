@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol, cast
 import structlog
 
 from proxy_router import bounded_json
-from proxy_router.morrpc import RpcPool, Signer
+from proxy_router.morrpc import ChunkSink, RpcPool, Signer, relay_chunks
 from proxy_router.morrpc.errors import ErrorCode, RpcError, RpcUnavailable
 from proxy_router.morrpc.lumerin import (
     PongRes,
@@ -55,6 +55,7 @@ class ProviderStream(Protocol):
 
     def __aiter__(self) -> AsyncIterator[bytes]: ...
     async def __anext__(self) -> bytes: ...
+    async def relay(self, sink: ChunkSink) -> None: ...
     async def aclose(self) -> None: ...
 
 
@@ -230,6 +231,15 @@ class LumerinStream:
             raise
         self._note_usage(plain)
         return b"data: " + plain.strip() + b"\n\n" if self._streamed else plain
+
+    async def relay(self, sink: ChunkSink) -> None:
+        """The rest of the stream into ``sink`` (one connection per request: nothing to
+        gain from the reader's side here, so simply in order)."""
+        try:
+            await relay_chunks(self, sink)
+        except BaseException:
+            await self.aclose()
+            raise
 
     def _note_usage(self, plain: bytes) -> None:
         if b'"usage"' not in plain:

@@ -7,7 +7,7 @@ AES-GCM), ``errors`` (stable codes), ``protocol`` (frame shapes), ``server`` and
 """
 
 from .canonical import CanonicalJsonError, canonical_json
-from .client import RpcClient, RpcPool, RpcStream
+from .client import ChunkSink, RpcClient, RpcPool, RpcStream, relay_chunks
 from .crypto import CipherCache, E2ECipher, Role, SessionKey, derive_cipher
 from .errors import ErrorCode, RpcError, RpcTimeout, RpcUnavailable
 from .protocol import PROTOCOL, STREAM_WINDOW, WS_PATH
@@ -20,6 +20,7 @@ __all__ = [
     "STREAM_WINDOW",
     "WS_PATH",
     "CanonicalJsonError",
+    "ChunkSink",
     "CipherCache",
     "E2ECipher",
     "ErrorCode",
@@ -39,4 +40,5 @@ __all__ = [
     "derive_cipher",
     "recover_frame_public_key",
     "recover_frame_signer",
+    "relay_chunks",
 ]

@@ -18,8 +18,8 @@ import hashlib
 import itertools
 import math
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
@@ -71,6 +71,29 @@ def _chunk_frame(text: str) -> dict[str, Any] | None:
     return {"id": int(rid), "seq": int(seq), "chunk": chunk}
 
 
+class ChunkSink(Protocol):
+    """Where ``RpcStream.relay`` puts each chunk: e.g. a client's HTTP response."""
+
+    def write(self, chunk: bytes) -> bool:
+        """Take one chunk at once (no await: the socket's reader calls it); False when
+        no more should come until ``drain`` returns. Raising ends the stream."""
+
+    async def drain(self) -> None:
+        """Return once ``write`` may be called again without piling up."""
+
+
+async def relay_chunks(chunks: AsyncIterator[bytes], sink: ChunkSink) -> None:
+    """``RpcStream.relay``'s contract for any stream of chunks, read in order by the
+    caller's task (where nothing is gained by writing from a socket's reader)."""
+    async for chunk in chunks:
+        if not sink.write(chunk):
+            await sink.drain()
+
+
+_DRAIN: dict[str, Any] = {"drain": True}
+"""Queued for a relaying stream whose sink is full: the relay awaits its drain."""
+
+
 class _Inbox:
     """Frames for one request, in arrival order; an exception ends it.
 
@@ -79,14 +102,18 @@ class _Inbox:
     timer each time was a measurable share of the per-chunk CPU.
     """
 
-    __slots__ = ("_items", "_limit_s", "_timer", "_wait_started", "_waiter")
+    __slots__ = ("_items", "_limit_s", "_loop", "_timer", "_wait_started", "_waiter",
+                 "on_chunk")
 
     def __init__(self) -> None:
         self._items: deque[dict[str, Any] | BaseException] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._wait_started = 0.0
         self._limit_s = 0.0
+        self.on_chunk: Callable[[dict[str, Any]], None] | None = None
+        """Set while a stream is relayed: its chunk frames go here, not into the queue."""
 
     def __len__(self) -> int:
         return len(self._items)
@@ -99,7 +126,7 @@ class _Inbox:
 
     async def pop(self, limit_s: float | None) -> dict[str, Any]:
         if not self._items:
-            loop = asyncio.get_running_loop()
+            self._loop = loop = asyncio.get_running_loop()
             self._waiter = waiter = loop.create_future()
             self._wait_started = loop.time()
             self._limit_s = math.inf if limit_s is None else limit_s
@@ -120,6 +147,20 @@ class _Inbox:
             self.stop_timer()
             raise item
         return item
+
+    def take_queued_chunk(self) -> dict[str, Any] | None:
+        """The oldest queued frame if it is a chunk (taken off the queue), else None."""
+        items = self._items
+        if items and isinstance(items[0], dict) and "chunk" in items[0]:
+            item = items.popleft()
+            assert isinstance(item, dict)
+            return item
+        return None
+
+    def touch(self) -> None:
+        """A relayed chunk arrived: the wait limit counts again from now."""
+        if self._waiter is not None and self._loop is not None:
+            self._wait_started = self._loop.time()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -343,11 +384,17 @@ class RpcClient:
     def _cancel_soon(self, req: _Request | None) -> asyncio.Task[None] | None:
         """Cancel from code that cannot await (cancellation, an abandoned stream's
         finaliser); the task sending it, if one was needed."""
-        if req is None or not req.forget() or req.link.ws.closed:
+        if req is None or not req.forget():
+            return None
+        return self._notify_soon(req.link, CANCEL, {"id": req.id})
+
+    def _notify_soon(self, link: _Link, method: str, params: dict[str, Any]
+                     ) -> asyncio.Task[None] | None:
+        """``_notify`` from code that cannot await; the task sending it, if any."""
+        if link.ws.closed:
             return None
         try:
-            task = asyncio.get_running_loop().create_task(
-                self._notify(req.link, CANCEL, {"id": req.id}))
+            task = asyncio.get_running_loop().create_task(self._notify(link, method, params))
         except RuntimeError:  # no running loop: the socket dies with it
             return None
         self._background.add(task)
@@ -372,7 +419,11 @@ class RpcClient:
                 rid = frame.get("id")
                 inbox = pending.get(rid) if is_request_id(rid) else None
                 if inbox is not None:
-                    inbox.push(frame)
+                    on_chunk = inbox.on_chunk
+                    if on_chunk is not None and "chunk" in frame:
+                        on_chunk(frame)  # a relayed stream: opened and written right here
+                    else:
+                        inbox.push(frame)
                 elif "error" in frame:
                     log.warning("mor_rpc.unrouted_error", endpoint=self.endpoint,
                                 error=frame.get("error"))
@@ -416,6 +467,8 @@ class RpcStream:
         self._digest = hashlib.sha256()
         self._done = False
         self._cancelling: asyncio.Task[None] | None = None
+        self._sink: ChunkSink | None = None
+        self._draining = False
         self.result: dict[str, Any] | None = None
         """The provider's signed trailer ({chunks, digest, ...}) once the stream ended."""
 
@@ -458,27 +511,111 @@ class RpcStream:
         raise StopAsyncIteration
 
     async def _open_chunk(self, req: _Request, frame: dict[str, Any]) -> bytes:
-        seq = frame.get("seq")
-        chunk = frame.get("chunk")
-        if seq != self._seq or not isinstance(chunk, str):
-            await self.aclose()
-            raise RpcError(ErrorCode.STREAM_INTEGRITY, f"expected chunk {self._seq}, got {seq}")
         try:
-            sealed = base64.b64decode(chunk)
-            self._digest.update(len(sealed).to_bytes(4, "big"))
-            self._digest.update(sealed)
-            plaintext = self._cipher.open(sealed, self._prefix + seq.to_bytes(8, "big"))
-        except (RpcError, ValueError) as exc:
+            plaintext = self._opened(frame)
+        except RpcError:
             await self.aclose()
-            if isinstance(exc, RpcError):
-                raise
-            raise RpcError(ErrorCode.DECRYPTION_FAILED, "chunk is not base64") from exc
-        self._seq += 1
-        self._unacked += 1
+            raise
         if self._unacked >= STREAM_WINDOW // 2:
             grant, self._unacked = self._unacked, 0
             await self._client._notify(req.link, CREDIT, {"id": req.id, "n": grant})
         return plaintext
+
+    def _opened(self, frame: dict[str, Any]) -> bytes:
+        """The next chunk's plaintext, checked against its place in the stream and counted
+        in the digest the signed trailer must match; ``RpcError`` if it is not that."""
+        seq = frame.get("seq")
+        chunk = frame.get("chunk")
+        if seq != self._seq or not isinstance(chunk, str):
+            raise RpcError(ErrorCode.STREAM_INTEGRITY, f"expected chunk {self._seq}, got {seq}")
+        try:
+            sealed = base64.b64decode(chunk)
+        except ValueError as exc:
+            raise RpcError(ErrorCode.DECRYPTION_FAILED, "chunk is not base64") from exc
+        self._digest.update(len(sealed).to_bytes(4, "big"))
+        self._digest.update(sealed)
+        plaintext = self._cipher.open(sealed, self._prefix + seq.to_bytes(8, "big"))
+        self._seq += 1
+        self._unacked += 1
+        return plaintext
+
+    async def relay(self, sink: ChunkSink) -> None:
+        """Hand every further chunk to ``sink`` as the socket's reader opens it, and
+        return once the signed trailer checks out (``.result`` is then set).
+
+        The per-token path of a proxy: no task wakes per chunk, nor any async iterator
+        step; the reader decrypts the frame and ``sink.write`` puts it on its way in
+        the same loop iteration. A sink that cannot take more (its client reads
+        slowly) makes credit wait until ``sink.drain()`` returns, so the provider stops
+        after one window, as with ``async for``. What ends the relay early (the sink
+        raising, a chunk out of place, the frame timeout, our cancellation) cancels the
+        provider's work, as leaving ``async for`` does, and is raised here."""
+        if self._done:
+            return
+        await self.start()
+        req = self._req
+        assert req is not None
+        inbox = req.inbox
+        self._sink = sink
+        inbox.on_chunk = self._relayed
+        try:
+            while (queued := inbox.take_queued_chunk()) is not None:
+                self._relayed(queued)  # arrived before the switch: they go first
+            client = self._client
+            while True:
+                frame = await inbox.pop(
+                    client.frame_timeout if self._seq else client.first_frame_timeout)
+                if frame is not _DRAIN:
+                    break
+                await sink.drain()
+                self._draining = False
+                if self._unacked >= STREAM_WINDOW // 2:
+                    grant, self._unacked = self._unacked, 0
+                    await client._notify(req.link, CREDIT, {"id": req.id, "n": grant})
+        except RpcTimeout:  # an RpcUnavailable, but the provider may still be at work
+            await self.aclose()
+            raise
+        except RpcUnavailable:  # the socket is gone, and the provider's work with it
+            self._done = True
+            raise
+        except Exception:  # the sink raised, or a chunk failed its checks
+            await self.aclose()
+            raise
+        except BaseException:  # our task was cancelled: stop the provider too
+            self._done = True
+            self._cancelling = self._client._cancel_soon(req)
+            raise
+        finally:
+            inbox.on_chunk = None
+            self._sink = None
+        if "chunk" in frame:  # cannot be: the reader relays every chunk frame
+            await self.aclose()
+            raise RpcError(ErrorCode.STREAM_INTEGRITY, "chunk frame after the relay ended")
+        self._done = True
+        req.forget()
+        self._check_trailer(self._client._verify_final(frame, req.nonce))
+
+    def _relayed(self, frame: dict[str, Any]) -> None:
+        """One chunk frame of a relayed stream, from the reader (which must not raise)."""
+        req, sink = self._req, self._sink
+        assert req is not None
+        if sink is None:
+            return
+        try:
+            ready = sink.write(self._opened(frame))
+        except Exception as exc:  # handed to relay(), which raises it
+            req.inbox.on_chunk = None
+            self._sink = None
+            req.inbox.push(exc)
+            return
+        req.inbox.touch()
+        if not ready:
+            if not self._draining:
+                self._draining = True
+                req.inbox.push(_DRAIN)
+        elif self._unacked >= STREAM_WINDOW // 2 and not self._draining:
+            grant, self._unacked = self._unacked, 0
+            self._client._notify_soon(req.link, CREDIT, {"id": req.id, "n": grant})
 
     def _check_trailer(self, result: dict[str, Any]) -> None:
         if result.get("chunks") != self._seq:

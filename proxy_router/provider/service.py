@@ -636,48 +636,45 @@ class ProviderService:
         """One generation on one backend of ``pool`` (``_answer``, then the counts its usage
         lacked, asked of the same server: its prompt cache and tokenizer are its own), with
         backend failures as RPC errors that name no URL or path. The lease takes a failed
-        backend out and retries another before the first token."""
+        backend out and retries another before the first token. (One generator between the
+        backend's and the prompt's: each is a hop per chunk.)"""
         with pool.lease() as backend:
-            async with contextlib.aclosing(self._mapped(backend, body, meter, api)) as items:
-                async for item in items:
-                    yield item
+            try:
+                async with contextlib.aclosing(_answer(backend, body, meter, api)) as items:
+                    async for item in items:
+                        yield item
+            except BackendUnavailable as exc:
+                log.warning("backend_unavailable", model=backend.model_name, reason=exc.reason)
+                raise RpcError(ErrorCode.BACKEND_UNAVAILABLE,
+                               "the model server is unavailable") from None
+            except BackendError as exc:
+                log.warning("backend_error", model=backend.model_name, status=exc.status,
+                            message=exc.message, refusal=exc.refusal)
+                raise backend_refusal(exc) from None
+            except BackendFailure as exc:
+                log.warning("backend_failed", model=backend.model_name, error=str(exc))
+                raise RpcError(ErrorCode.BACKEND_ERROR,
+                               "the model server's answer broke off") from None
             await _count_missing(backend, body, meter, api)
 
-    @staticmethod
-    async def _mapped(backend: PromptBackend, body: dict[str, Any], meter: UsageMeter,
-                      api: PromptApi) -> AsyncGenerator[PromptItem, None]:
-        try:
-            async with contextlib.aclosing(_answer(backend, body, meter, api)) as items:
-                async for item in items:
-                    yield item
-        except BackendUnavailable as exc:
-            log.warning("backend_unavailable", model=backend.model_name, reason=exc.reason)
-            raise RpcError(ErrorCode.BACKEND_UNAVAILABLE, "the model server is unavailable") \
-                from None
-        except BackendError as exc:
-            log.warning("backend_error", model=backend.model_name, status=exc.status,
-                        message=exc.message, refusal=exc.refusal)
-            raise backend_refusal(exc) from None
-        except BackendFailure as exc:
-            log.warning("backend_failed", model=backend.model_name, error=str(exc))
-            raise RpcError(ErrorCode.BACKEND_ERROR, "the model server's answer broke off") \
-                from None
 
-
-async def _answer(backend: PromptBackend, body: dict[str, Any], meter: UsageMeter,
-                  api: PromptApi = "chat") -> AsyncGenerator[PromptItem, None]:
+def _answer(backend: PromptBackend, body: dict[str, Any], meter: UsageMeter,
+            api: PromptApi = "chat") -> AsyncGenerator[PromptItem, None]:
     """The backend's answer, measured: a stream as each read's raw event payloads
-    (forwarded without a JSON round trip), a non-stream reply as its one JSON object."""
+    (forwarded without a JSON round trip; the backend's own generator, no wrapper), a
+    non-stream reply as its one JSON object."""
     if body.get("stream", True):
-        async with contextlib.aclosing(backend.stream_events(body, meter, api)) as batches:
-            async for batch in batches:
-                yield batch
-    else:
-        response = await backend.complete(body, api)
-        meter.observe_response(response)
-        if api == "embeddings":
-            meter.count("completion", 0, "backend")  # vectors, no generated tokens
-        yield response
+        return backend.stream_events(body, meter, api)
+    return _whole(backend, body, meter, api)
+
+
+async def _whole(backend: PromptBackend, body: dict[str, Any], meter: UsageMeter,
+                 api: PromptApi) -> AsyncGenerator[PromptItem, None]:
+    response = await backend.complete(body, api)
+    meter.observe_response(response)
+    if api == "embeddings":
+        meter.count("completion", 0, "backend")  # vectors, no generated tokens
+    yield response
 
 
 async def _count_missing(backend: PromptBackend, body: dict[str, Any], meter: UsageMeter,

@@ -39,15 +39,23 @@ CHUNK = (b'data: {"id": "chatcmpl-1", "object": "chat.completion.chunk", "create
          b'"model": "m", "choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n')
 
 
+class OneChunkStream:
+    """A provider stream whose only chunk was the first (``FakeReply.first``)."""
+
+    async def relay(self, sink: object) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
 class FakeReply:
     session = SESSION
     first = CHUNK
     usage = None
+    stream = OneChunkStream()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        yield self.first
-
-    def close(self) -> None:
+    async def aclose(self) -> None:
         pass
 
 

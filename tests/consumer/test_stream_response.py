@@ -12,7 +12,7 @@ from aiohttp import web
 
 from proxy_router.consumer.api import ConsumerApi
 from proxy_router.consumer.schemas import ChatRequest
-from proxy_router.morrpc import ErrorCode, RpcError, RpcUnavailable
+from proxy_router.morrpc import ChunkSink, ErrorCode, RpcError, RpcUnavailable, relay_chunks
 
 HEAD = {"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 5, "model": "m"}
 
@@ -27,18 +27,38 @@ USAGE = ev(choices=[], usage={"prompt_tokens": 2, "completion_tokens": 1, "total
 TRAILER = {"prompt_tokens": 4, "completion_tokens": 6}
 
 
+class FakeStream:
+    """A provider stream: ``chunks`` in order, then ``error`` (if any) or the end;
+    relayed into the sink the way ``RpcStream.relay`` does (minus the socket)."""
+
+    def __init__(self, chunks: list[bytes], error: Exception | None) -> None:
+        self._chunks, self._error = list(chunks), error
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._chunks:
+            return self._chunks.pop(0)
+        if self._error is not None:
+            raise self._error
+        raise StopAsyncIteration
+
+    async def relay(self, sink: ChunkSink) -> None:
+        await relay_chunks(self, sink)
+
+    async def aclose(self) -> None:
+        self._chunks.clear()
+
+
 class FakeReply:
     def __init__(self, chunks: list[bytes], error: Exception | None = None) -> None:
-        self.first, self._rest, self._error = chunks[0], chunks[1:], error
+        self.first, self.stream = chunks[0], FakeStream(chunks[1:], error)
         self.session = SimpleNamespace(session_id="0x" + "11" * 32)
         self.usage = TRAILER
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        yield self.first
-        for chunk in self._rest:
-            yield chunk
-        if self._error is not None:
-            raise self._error
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
 async def serve(reply: FakeReply, body: dict[str, Any],

@@ -81,16 +81,45 @@ class Stream:
         return json.dumps(self.provider.sign_frame(frame))
 
 
-async def run_stream(endpoint: str, consumer: Signer, provider: Signer) -> list[bytes]:
-    key = SessionKey.generate()
-    async with RpcClient(endpoint, consumer, provider.address, first_frame_timeout=5) as rpc:
-        rpc.provider_public_key = provider.public_key
-        cipher = await rpc.cipher_for(key)
-        return [c async for c in rpc.stream("x", {"key": key.public_key_hex}, cipher=cipher)]
+class ListSink:
+    """Collects what ``RpcStream.relay`` hands over."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, chunk: bytes) -> bool:
+        self.chunks.append(chunk)
+        return True
+
+    async def drain(self) -> None:
+        pass
+
+
+RunStream = Callable[[str, Signer, Signer], Awaitable[list[bytes]]]
+
+
+@pytest.fixture(params=["iterated", "relayed"])
+def run_stream(request: pytest.FixtureRequest) -> RunStream:
+    """Read one stream to its end, with ``async for`` or with ``relay`` (the consumer's
+    per-token path): every check must hold on both."""
+    async def run(endpoint: str, consumer: Signer, provider: Signer) -> list[bytes]:
+        key = SessionKey.generate()
+        async with RpcClient(endpoint, consumer, provider.address, first_frame_timeout=5,
+                             frame_timeout=5) as rpc:
+            rpc.provider_public_key = provider.public_key
+            cipher = await rpc.cipher_for(key)
+            stream = rpc.stream("x", {"key": key.public_key_hex}, cipher=cipher)
+            if request.param == "iterated":
+                return [c async for c in stream]
+            sink = ListSink()
+            await stream.relay(sink)
+            return sink.chunks
+    return run
 
 
 async def test_honest_script_passes(scripted: Callable[[Script], Awaitable[str]],
-                                    consumer: Signer, provider: Signer) -> None:
+                                    consumer: Signer, provider: Signer,
+                                    run_stream: RunStream) -> None:
     async def honest(request: dict[str, Any], ws: web.WebSocketResponse) -> None:
         stream = Stream(provider, request)
         for seq in range(3):
@@ -118,7 +147,7 @@ async def test_recorded_response_replayed_to_a_new_request_is_rejected(
 
 async def test_truncated_stream_is_detected_by_the_signed_count(
         scripted: Callable[[Script], Awaitable[str]], consumer: Signer,
-        provider: Signer) -> None:
+        provider: Signer, run_stream: RunStream) -> None:
     async def truncate(request: dict[str, Any], ws: web.WebSocketResponse) -> None:
         stream = Stream(provider, request)
         await ws.send_str(stream.chunk(0, b"a")[0])
@@ -132,7 +161,7 @@ async def test_truncated_stream_is_detected_by_the_signed_count(
 
 async def test_chunk_that_differs_from_the_signed_digest_is_detected(
         scripted: Callable[[Script], Awaitable[str]], consumer: Signer,
-        provider: Signer) -> None:
+        provider: Signer, run_stream: RunStream) -> None:
     async def substitute(request: dict[str, Any], ws: web.WebSocketResponse) -> None:
         stream = Stream(provider, request)
         await ws.send_str(stream.chunk(0, b"what was sent")[0])
@@ -144,7 +173,8 @@ async def test_chunk_that_differs_from_the_signed_digest_is_detected(
 
 
 async def test_reordered_chunks_are_rejected(scripted: Callable[[Script], Awaitable[str]],
-                                             consumer: Signer, provider: Signer) -> None:
+                                             consumer: Signer, provider: Signer,
+                                             run_stream: RunStream) -> None:
     async def reorder(request: dict[str, Any], ws: web.WebSocketResponse) -> None:
         stream = Stream(provider, request)
         first, second = stream.chunk(0, b"a")[0], stream.chunk(1, b"b")[0]
@@ -158,7 +188,7 @@ async def test_reordered_chunks_are_rejected(scripted: Callable[[Script], Awaita
 
 async def test_chunk_relabelled_with_another_seq_fails_decryption(
         scripted: Callable[[Script], Awaitable[str]], consumer: Signer,
-        provider: Signer) -> None:
+        provider: Signer, run_stream: RunStream) -> None:
     async def relabel(request: dict[str, Any], ws: web.WebSocketResponse) -> None:
         stream = Stream(provider, request)
         await ws.send_str(stream.chunk(0, b"sealed as chunk 5", aad_seq=5)[0])
@@ -170,7 +200,7 @@ async def test_chunk_relabelled_with_another_seq_fails_decryption(
 
 async def test_chunk_from_another_request_fails_decryption(
         scripted: Callable[[Script], Awaitable[str]], consumer: Signer,
-        provider: Signer) -> None:
+        provider: Signer, run_stream: RunStream) -> None:
     async def transplant(request: dict[str, Any], ws: web.WebSocketResponse) -> None:
         other = Stream(provider, {**request, "nonce": "0x" + "ab" * 16})
         await ws.send_str(other.chunk(0, b"belongs elsewhere")[0])
@@ -182,7 +212,7 @@ async def test_chunk_from_another_request_fails_decryption(
 
 async def test_garbled_chunk_encoding_is_decryption_failed(
         scripted: Callable[[Script], Awaitable[str]], consumer: Signer,
-        provider: Signer) -> None:
+        provider: Signer, run_stream: RunStream) -> None:
     async def garble(request: dict[str, Any], ws: web.WebSocketResponse) -> None:
         await ws.send_str(chunk_text(json.dumps(request["id"]), 0, "not*base64"))
 

@@ -30,7 +30,7 @@ from aiohttp import web
 from proxy_router.consumer.api import ConsumerApi
 from proxy_router.consumer.chat import Reply
 from proxy_router.metrics import Metrics
-from proxy_router.morrpc import RpcClient, RpcServer, SessionKey
+from proxy_router.morrpc import ChunkSink, RpcClient, RpcServer, SessionKey, relay_chunks
 from proxy_router.morrpc.lumerin import (
     LumerinLimits,
     SessionPromptRes,
@@ -411,6 +411,9 @@ class EndlessStream:
     async def __anext__(self) -> bytes:
         await asyncio.sleep(0.01)  # tokens keep coming
         return TOKEN
+
+    async def relay(self, sink: ChunkSink) -> None:
+        await relay_chunks(self, sink)
 
     async def aclose(self) -> None:  # like RpcStream's: the cancel goes out once
         if not self.closed:
