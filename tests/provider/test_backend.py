@@ -22,6 +22,7 @@ from proxy_router.provider.backend import (
     extract_error_message,
 )
 from proxy_router.provider.usage import UsageMeter
+from tests.provider.fakes import Serve
 
 PROMPT = {"messages": [{"role": "user", "content": "hello there"}], "model": "ignored"}
 FAST = BackendTimeouts(connect=1.0, first_token=0.5, total=2.0)
@@ -188,28 +189,18 @@ RawServer = Callable[[bytes], Awaitable[str]]
 
 
 @pytest.fixture
-async def raw_sse() -> AsyncIterator[RawServer]:
-    """Serve a fixed event-stream body on 127.0.0.1; yields a function body -> base URL."""
-    runners: list[web.AppRunner] = []
-
-    async def serve(body: bytes) -> str:
+def raw_sse(serve: Serve) -> RawServer:
+    """Serve a fixed event-stream body on 127.0.0.1; gives a function body -> base URL."""
+    async def start(body: bytes) -> str:
         async def handler(request: web.Request) -> web.StreamResponse:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
             await resp.write(body)
             return resp
 
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        runners.append(runner)
-        return f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+        return await serve(handler)
 
-    yield serve
-    for runner in runners:
-        await runner.cleanup()
+    return start
 
 
 CHUNK = b'data: {"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}]}\n\n'

@@ -10,7 +10,6 @@ llama-cpp-python does (a refused stream answered 200 and empty).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -27,6 +26,7 @@ from proxy_router.provider.backend import (
 )
 from proxy_router.provider.service import backend_refusal
 from tests.provider import test_service
+from tests.provider.fakes import Handler, Serve
 from tests.provider.test_service import (
     MESSAGES,
     SESSION,
@@ -162,28 +162,6 @@ def test_fastapi_s_422_detail_names_the_fields() -> None:
 
 # -- Retry-After, and llama-cpp-python's refused streams: served raw -------------------------
 
-Serve = Callable[[Callable[[web.Request], Awaitable[web.StreamResponse]]], Awaitable[str]]
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """Serve one chat-completions handler on 127.0.0.1; yields handler -> base URL."""
-    runners: list[web.AppRunner] = []
-
-    async def start(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> str:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        runners.append(runner)
-        return f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
-
-
 @pytest.mark.parametrize(("header", "seconds"), [("7", 7), ("0.2", 1), ("86400", 60),
                                                  ("Wed, 21 Oct 2015 07:28:00 GMT", 1),
                                                  (None, 1)])
@@ -197,8 +175,7 @@ async def test_a_busy_backend_s_retry_after_is_passed_on_within_reason(
     assert err.refusal == "rate_limit_exceeded" and err.retry_after_s() == seconds
 
 
-def llama_cpp_python(seen: list[dict[str, Any]]
-                     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def llama_cpp_python(seen: list[dict[str, Any]]) -> Handler:
     """llama-cpp-python's answer to a prompt over the context: 400 unstreamed; streamed,
     200 and a stream that ends before any event."""
     async def handler(request: web.Request) -> web.StreamResponse:

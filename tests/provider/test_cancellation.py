@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -45,6 +45,7 @@ from proxy_router.provider.lumerin_wire import LumerinWire
 from proxy_router.provider.models_config import ModelsConfig
 from proxy_router.provider.service import ProviderService
 from proxy_router.store.db import Store
+from tests.provider.fakes import ENDED, RecordingBackend, fixture_of, sse
 from tests.provider.test_service import (
     BID,
     MESSAGES,
@@ -59,83 +60,30 @@ from tests.provider.test_service import (
     context,
 )
 
-ENDED = 10.0
-"""Seconds a test waits for something to happen before it fails (a hang guard, not a
-measurement: every wait here ends on an event)."""
-
-
 # -- the witness backend ----------------------------------------------------------------
 
 
 @dataclass
-class Witness:
+class Witness(RecordingBackend):
     """An OpenAI-style server: a stream sends ``tokens`` tokens, then stalls until its
     client goes; a non-stream request stalls likewise. ``ended`` records each end."""
 
     tokens: int = 3
-    ended: list[str] = field(default_factory=list)
-    serving: int = 0
-    _change: asyncio.Condition = field(default_factory=asyncio.Condition)
-    url: str = ""
 
-    async def start(self) -> web.AppRunner:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_get("/v1/models", self._models)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-        return runner
-
-    async def wait(self, what: str, check: Any) -> None:
-        try:
-            async with asyncio.timeout(ENDED), self._change:
-                await self._change.wait_for(check)
-        except TimeoutError:
-            raise AssertionError(f"not so: {what} (ended: {self.ended})") from None
-
-    async def _note(self, how: str | None = None) -> None:
-        async with self._change:
-            if how is None:
-                self.serving += 1
-            else:
-                self.serving -= 1
-                self.ended.append(how)
-            self._change.notify_all()
-
-    async def _models(self, _: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "m"}]})
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        await self._note()
-        try:
-            if not body.get("stream"):
-                await asyncio.Event().wait()
-            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await resp.prepare(request)
-            for i in range(self.tokens):
-                delta = {"role": "assistant", "content": "a"} if i == 0 else {"content": " b"}
-                chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1,
-                         "model": "m", "choices": [{"index": 0, "delta": delta,
-                                                    "finish_reason": None}]}
-                await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-            await asyncio.Event().wait()  # stalls: no token, no write, until cancelled
-        except (asyncio.CancelledError, ConnectionResetError):
-            await asyncio.shield(self._note("gone"))
-            raise
+    async def answer(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        if not body.get("stream"):
+            await asyncio.Event().wait()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(self.tokens):
+            delta = {"role": "assistant", "content": "a"} if i == 0 else {"content": " b"}
+            await resp.write(sse("c", {"index": 0, "delta": delta, "finish_reason": None},
+                                 spaced=True))
+        await asyncio.Event().wait()  # stalls: no token, no write, until cancelled
         return resp
 
 
-@pytest.fixture
-async def witness() -> AsyncIterator[Witness]:
-    w = Witness()
-    runner = await w.start()
-    try:
-        yield w
-    finally:
-        await runner.cleanup()
+witness = fixture_of(Witness)
 
 
 async def eventually(check: Any, what: str) -> None:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import aiohttp
@@ -27,6 +26,7 @@ from proxy_router.provider.choices import merge_replies
 from proxy_router.provider.models_config import ModelsConfig
 from proxy_router.provider.service import ProviderService
 from proxy_router.provider.usage import MeterSum
+from tests.provider.fakes import ENDED, RecordingBackend, fixture_of, sse
 from tests.provider.test_service import (
     MESSAGES,
     MODEL,
@@ -39,15 +39,11 @@ from tests.provider.test_service import (
     a_session,
 )
 
-ENDED = 10.0
-"""Seconds a test waits for something to happen before it fails (a hang guard only)."""
-
-
 # -- the backends -----------------------------------------------------------------------
 
 
 @dataclass
-class Choir:
+class Choir(RecordingBackend):
     """An OpenAI-style server whose answer to a request with seed ``s`` is ``tokens``
     tokens ``"s<s> "`` (and its usage, if ``usage``). ``together``: each stream holds its
     last token until that many requests were served at once (the peak); ``stall``:
@@ -60,89 +56,39 @@ class Choir:
     fail_seed: int = -1
     fail_after: int = 0
     usage: bool = True
-    serving: int = 0
-    peak: int = 0
-    requests: int = 0
-    ended: list[str] = field(default_factory=list)
-    url: str = ""
-    _change: asyncio.Condition = field(default_factory=asyncio.Condition)
 
-    async def start(self) -> web.AppRunner:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_post("/v1/completions", self._chat)  # legacy: the same, as text
-        app.router.add_get("/v1/models", self._models)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-        return runner
+    def routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v1/completions", self._chat)  # legacy: the same, as text
 
-    async def wait(self, what: str, check: Any) -> None:
-        try:
-            async with asyncio.timeout(ENDED), self._change:
-                await self._change.wait_for(check)
-        except TimeoutError:
-            raise AssertionError(f"not so: {what} (ended: {self.ended})") from None
-
-    async def _note(self, ended: str | None = None) -> None:
-        async with self._change:
-            if ended is None:
-                self.requests += 1
-                self.serving += 1
-                self.peak = max(self.peak, self.serving)
-            else:
-                self.serving -= 1
-                self.ended.append(ended)
-            self._change.notify_all()
-
-    async def _models(self, _: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "m"}]})
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+    async def answer(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         assert "n" not in body, "each generation asks for one choice"
-        await self._note()
-        how = "gone"
-        try:
-            seed = body.get("seed")
-            if seed == self.fail_seed:
-                await self.wait("the others are served", lambda: self.serving > self.fail_after)
-                how = "failed"
-                return web.json_response({"error": {"message": "boom"}}, status=500)
-            text, rid = f"s{seed} ", f"chatcmpl-{seed}"
-            legacy = "prompt" in body
-            if not body.get("stream"):
-                how = "done"
-                return web.json_response(_reply(text, self.tokens, legacy=legacy))
-            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await resp.prepare(request)
-            for i in range(self.tokens):
-                if i == self.tokens - 1 and self.together:
-                    await self.wait("enough served at once", lambda: self.peak >= self.together)
-                delta = {"role": "assistant", "content": text} if i == 0 else {"content": text}
-                choice = {"index": 0, "text": text, "logprobs": None} if legacy else \
-                    {"index": 0, "delta": delta}
-                await resp.write(_event(rid, {**choice, "finish_reason": None}))
-            if self.stall:
-                await asyncio.Event().wait()
-            end: dict[str, Any] = {"text": ""} if legacy else {"delta": {}}
-            tail = _event(rid, {"index": 0, **end, "finish_reason": "stop"})
-            if self.usage:
-                usage = {"prompt_tokens": 7, "completion_tokens": self.tokens,
-                         "total_tokens": 7 + self.tokens}
-                tail += _event(rid, None, usage=usage)
-            await resp.write(tail + b"data: [DONE]\n\n")
-            how = "done"
-            return resp
-        finally:
-            await asyncio.shield(self._note(how))
-
-
-def _event(rid: str, choice: dict[str, Any] | None, **extra: Any) -> bytes:
-    chunk = {"id": rid, "object": "chat.completion.chunk",
-             "created": 1, "model": "m", "choices": [choice] if choice else [], **extra}
-    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+        seed = body.get("seed")
+        if seed == self.fail_seed:
+            await self.wait("the others are served", lambda: self.serving > self.fail_after)
+            return web.json_response({"error": {"message": "boom"}}, status=500)
+        text, rid = f"s{seed} ", f"chatcmpl-{seed}"
+        legacy = "prompt" in body
+        if not body.get("stream"):
+            return web.json_response(_reply(text, self.tokens, legacy=legacy))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(self.tokens):
+            if i == self.tokens - 1 and self.together:
+                await self.wait("enough served at once", lambda: self.peak >= self.together)
+            delta = {"role": "assistant", "content": text} if i == 0 else {"content": text}
+            choice = {"index": 0, "text": text, "logprobs": None} if legacy else \
+                {"index": 0, "delta": delta}
+            await resp.write(sse(rid, {**choice, "finish_reason": None}))
+        if self.stall:
+            await asyncio.Event().wait()
+        end: dict[str, Any] = {"text": ""} if legacy else {"delta": {}}
+        tail = sse(rid, {"index": 0, **end, "finish_reason": "stop"})
+        if self.usage:
+            usage = {"prompt_tokens": 7, "completion_tokens": self.tokens,
+                     "total_tokens": 7 + self.tokens}
+            tail += sse(rid, None, usage=usage)
+        await resp.write(tail + b"data: [DONE]\n\n")
+        return resp
 
 
 def _reply(text: str, tokens: int, *, legacy: bool = False) -> dict[str, Any]:
@@ -155,14 +101,7 @@ def _reply(text: str, tokens: int, *, legacy: bool = False) -> dict[str, Any]:
                       "total_tokens": 7 + tokens}}
 
 
-@pytest.fixture
-async def choir() -> AsyncIterator[Choir]:
-    c = Choir()
-    runner = await c.start()
-    try:
-        yield c
-    finally:
-        await runner.cleanup()
+choir = fixture_of(Choir)
 
 
 # -- the provider -----------------------------------------------------------------------
@@ -312,7 +251,7 @@ async def test_with_two_slots_three_choices_run_two_at_a_time_and_all_come(
     choices = by_index(chunks)
     assert {i: text_of(c) for i, c in choices.items()} == {
         0: "s0 " * 3, 1: "s1 " * 3, 2: "s2 " * 3}
-    assert (choir.requests, choir.peak) == (3, 2), "never more requests than slots"
+    assert (len(choir.requests), choir.peak) == (3, 2), "never more requests than slots"
     assert trailer["usage"]["completion_tokens"] == 9
     assert provider.in_flight() == 0
 

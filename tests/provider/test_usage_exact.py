@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,6 +28,7 @@ from proxy_router.provider.models_config import ModelsConfig
 from proxy_router.provider.service import ProviderService
 from proxy_router.provider.usage import UsageMeter
 from proxy_router.store.db import Store
+from tests.provider.fakes import RecordingBackend, fixture_of, sse
 from tests.provider.test_service import (
     MESSAGES,
     MODEL,
@@ -54,33 +55,18 @@ def prompt_count(body: dict[str, Any]) -> int:
 
 
 @dataclass
-class LlamaLike:
+class LlamaLike(RecordingBackend):
     tokenizer: bool = True
     usage_in_replies: bool = True
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    url: str = ""
 
-    async def start(self) -> web.AppRunner:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_get("/v1/models", self._models)
+    def routes(self, router: web.UrlDispatcher) -> None:
         if self.tokenizer:
-            app.router.add_post("/extras/tokenize/count", self._count)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-        return runner
-
-    async def _models(self, _: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "m"}]})
+            router.add_post("/extras/tokenize/count", self._count)
 
     async def _count(self, request: web.Request) -> web.Response:
         return web.json_response({"count": 1 + words((await request.json())["input"])})
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.requests.append(body)
+    async def answer(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         tokens = TOKENS[:body.get("max_tokens") or len(TOKENS)]
         if not body.get("stream"):
             reply: dict[str, Any] = {
@@ -97,10 +83,9 @@ class LlamaLike:
         for i, text in enumerate([*tokens, None]):
             delta = {} if text is None else {"content": text, **(
                 {"role": "assistant"} if i == 0 else {})}
-            chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                     "choices": [{"index": 0, "delta": delta,
-                                  "finish_reason": "stop" if text is None else None}]}
-            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")  # spaced
+            finish = "stop" if text is None else None
+            await resp.write(sse("c", {"index": 0, "delta": delta, "finish_reason": finish},
+                                 spaced=True))
         await resp.write(b"data: [DONE]\n\n")
         return resp
 
@@ -148,14 +133,7 @@ async def provider_for(http: aiohttp.ClientSession, tmp_path: Path
         await store.close()
 
 
-@pytest.fixture
-async def llama() -> AsyncIterator[LlamaLike]:
-    backend = LlamaLike()
-    runner = await backend.start()
-    try:
-        yield backend
-    finally:
-        await runner.cleanup()
+llama = fixture_of(LlamaLike)
 
 
 # -- a backend whose streams carry no usage ------------------------------------------------
@@ -183,14 +161,10 @@ async def test_a_streams_completion_is_counted_by_the_backends_tokenizer(
 
 async def test_counts_nothing_better_exists_for_are_marked_as_estimates(
         provider_for: ProviderFor) -> None:
-    bare = LlamaLike(tokenizer=False, usage_in_replies=False)
-    runner = await bare.start()
-    try:
+    async with LlamaLike(tokenizer=False, usage_in_replies=False) as bare:
         p = await provider_for(bare.url)
         _, usage = await p.ask(stream=True)
         _, again = await p.ask(stream=True)
-    finally:
-        await runner.cleanup()
     assert usage["estimated"] == again["estimated"] == ["prompt", "completion"]
     assert usage["completion_tokens"] == len(TOKENS), "one token per content chunk"
     assert (p.estimated("prompt"), p.estimated("completion")) == (2, 2)
@@ -200,13 +174,9 @@ async def test_counts_nothing_better_exists_for_are_marked_as_estimates(
 async def test_a_server_without_the_tokenizer_route_is_not_asked_the_prompt_again(
         provider_for: ProviderFor) -> None:
     """Such a server may be a hosted API, which would bill the prompt a second time."""
-    hosted = LlamaLike(tokenizer=False)
-    runner = await hosted.start()
-    try:
+    async with LlamaLike(tokenizer=False) as hosted:
         p = await provider_for(hosted.url)
         _, usage = await p.ask(stream=True)
-    finally:
-        await runner.cleanup()
     assert len(hosted.requests) == 1, "the stream alone"
     assert usage["estimated"] == ["prompt", "completion"]
 
