@@ -590,11 +590,12 @@ async def run_phase(state: DevnetState, mock: MockBackend, specs: list[Spec],
         if args.profile is not None and mock.token_delay:
             many = [s for s in specs if s.concurrency == MANY_TARGET_STREAMS]
             wanted = args.profile_scenario.replace("N", str(MANY_TARGET_STREAMS))
-            chosen = [s for s in many if s.key == wanted] or many
+            chosen = [s for s in specs if s.key == wanted] or many
             if chosen:
                 await bench.profile(chosen[0], args.profile)
             else:
-                say(f"  py-spy: no {MANY_TARGET_STREAMS}-stream scenario selected, no profile")
+                say(f"  py-spy: neither {wanted} nor a {MANY_TARGET_STREAMS}-stream scenario "
+                    "selected, no profile")
     return results, bench.profiles
 
 
@@ -869,9 +870,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="py-spy (when on PATH or in the venv) records the consumer and "
                              "provider as speedscope files into DIR during one extra, "
-                             f"unmeasured routed round at {MANY_TARGET_STREAMS} streams")
+                             "unmeasured routed round of --profile-scenario")
     parser.add_argument("--profile-scenario", default="paced-N-steady",
-                        help="which 256-stream scenario --profile repeats (N = 256)")
+                        help="which paced scenario --profile repeats (N = 256; default: "
+                             "the first 256-stream one selected)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 20 c=1 requests, 1 round of c=N and of each "
                              "--many pattern, 1 s idle window, 2 s steady window")
