@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,7 +15,7 @@ from aiohttp import web
 
 from proxy_router.consumer.api import ConsumerApi
 from proxy_router.consumer.schemas import ChatRequest
-from proxy_router.morrpc import ChunkSink, ErrorCode, RpcError, RpcUnavailable, relay_chunks
+from proxy_router.morrpc import ChunkSink, ErrorCode, RpcError, RpcUnavailable
 
 HEAD = {"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 5, "model": "m"}
 
@@ -45,7 +48,11 @@ class FakeStream:
         raise StopAsyncIteration
 
     async def relay(self, sink: ChunkSink) -> None:
-        await relay_chunks(self, sink)
+        self.sink_was_full = False
+        async for chunk in self:
+            if not sink.write(chunk):
+                self.sink_was_full = True
+                await sink.drain()
 
     async def aclose(self) -> None:
         self._chunks.clear()
@@ -61,10 +68,12 @@ class FakeReply:
         await self.stream.aclose()
 
 
-async def serve(reply: FakeReply, body: dict[str, Any],
-                dropped: list[Any] | None = None) -> list[bytes]:
-    """Run `_stream` behind a real HTTP server; return the client's SSE events (and
-    the sessions it dropped in ``dropped``)."""
+@asynccontextmanager
+async def running(reply: FakeReply, body: dict[str, Any], dropped: list[Any] | None = None,
+                  *, send_buffer: int | None = None) -> AsyncIterator[int]:
+    """`_stream` of ``reply`` behind a real HTTP server on 127.0.0.1; yields its port (and
+    collects the sessions it dropped in ``dropped``); ``send_buffer``: the kernel's send
+    buffer of each connection, in bytes."""
     chat = SimpleNamespace(finished=lambda r: None,
                            drop=(dropped if dropped is not None else []).append)
     api = SimpleNamespace(chat=chat)
@@ -72,6 +81,9 @@ async def serve(reply: FakeReply, body: dict[str, Any],
         {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True, **body})
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        if send_buffer is not None and request.transport is not None:
+            request.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
         return await ConsumerApi._stream(api, request, req, reply, {})  # type: ignore[arg-type]
 
     app = web.Application()
@@ -80,13 +92,35 @@ async def serve(reply: FakeReply, body: dict[str, Any],
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
-        async with aiohttp.ClientSession() as http, http.get(
-                f"http://127.0.0.1:{runner.addresses[0][1]}/") as resp:
-            raw = await resp.read()
+        yield runner.addresses[0][1]
     finally:
         await runner.cleanup()
+
+
+async def serve(reply: FakeReply, body: dict[str, Any],
+                dropped: list[Any] | None = None) -> list[bytes]:
+    """The client's SSE events of ``reply`` read with aiohttp's client."""
+    async with running(reply, body, dropped) as port, aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{port}/") as resp:
+        raw = await resp.read()
     assert raw.endswith(b"data: [DONE]\n\n")
     return [e + b"\n\n" for e in raw.split(b"\n\n")[:-1]]
+
+
+async def raw_get(port: int, version: str, *, read_after_s: float = 0.0) -> bytes:
+    """The whole HTTP response to a bare ``GET /`` of ``version``, read by a client with a
+    small receive buffer that starts reading only after ``read_after_s``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(f"GET / HTTP/{version}\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                 .encode())
+    await asyncio.sleep(read_after_s)
+    raw = await reader.read()
+    writer.close()
+    return raw
 
 
 async def test_coalesced_chunks_reach_the_client_as_separate_events() -> None:
@@ -138,3 +172,28 @@ async def test_a_provider_that_breaks_mid_answer_is_no_longer_used() -> None:
         events = await serve(reply, {}, dropped)
         assert json.loads(events[1][6:])["error"]["code"] == code
         assert dropped == [reply.session]
+
+
+async def test_an_http10_client_gets_the_events_unframed_to_the_connections_close() -> None:
+    reply = FakeReply([TOKEN, TOKEN, FINISH])
+    async with running(reply, {}) as port:
+        raw = await raw_get(port, "1.0")
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower()
+    assert payload == TOKEN + TOKEN + FINISH + b"data: [DONE]\n\n"
+
+
+async def test_a_client_that_reads_slowly_is_written_to_as_it_drains_and_misses_nothing(
+) -> None:
+    """Relayed chunks are written from the provider's socket, with no task to pace them:
+    a client that does not read makes the relay wait for its socket to drain (and the
+    stream's credit with it) instead of queueing the whole answer in memory."""
+    events = [ev(choices=[{"index": 0, "delta": {"content": f"<{i:03d}>" + "x" * 16_000},
+                           "finish_reason": None}]) for i in range(120)]
+    reply = FakeReply([TOKEN, *events, FINISH])
+    async with running(reply, {}, send_buffer=4096) as port:
+        raw = await raw_get(port, "1.1", read_after_s=0.3)
+    assert reply.stream.sink_was_full
+    found = [raw.find(f"<{i:03d}>".encode()) for i in range(120)]
+    assert -1 not in found and found == sorted(found)
+    assert raw.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
