@@ -459,12 +459,19 @@ async def test_backend_down_on_a_chosen_session_is_a_fast_503_and_the_session_se
 
 async def test_backend_down_refuses_the_session_so_no_gas_and_no_mor_is_spent(
         state: DevnetState, market: Marketplace, backend: MockBackend, free_slot):
-    """The provider probes its backend before it signs an approval: with the backend down
-    the consumer gets a fast 503 naming the cause, and nothing was sent on chain."""
+    """A provider that knows its backend is down refuses to sign an approval: the
+    consumer gets a fast 503 naming the cause, and nothing was sent on chain.
+
+    It knows once a probe saw it (a good probe is trusted for 5 s, so an approval flood
+    costs few probes): here its health check, which an operator's monitoring polls and
+    which probes every backend now, so the spec does not hang on how recently an earlier
+    test's approval probed."""
     before = await holdings(market, state)
     known = await my_session_ids(state.consumer_base)
     txs = tx_count(state, state.user_address)
     async with backend_down(backend):
+        status, health = await request("GET", f"http://{state.provider_endpoint}/healthcheck")
+        assert status == 503 and f"backend:{state.model_name}" in health["failing"], health
         started = time.monotonic()
         status, body = await chat(state.consumer_base, model=state.model_name)
         elapsed = time.monotonic() - started
