@@ -68,13 +68,7 @@ from proxy_router.consumer.schemas import (
     parse_body,
 )
 from proxy_router.consumer.sessions import ConsumerSession, SessionManager, public_row
-from proxy_router.consumer.sse import (
-    USAGE_KEY,
-    ClientEvents,
-    checked_sse,
-    filter_usage,
-    first_event,
-)
+from proxy_router.consumer.sse import ClientEvents, first_event, for_client
 from proxy_router.health import Health, health_response
 from proxy_router.logs import request_id
 from proxy_router.metrics import CLIENT_GONE, CLIENT_LEFT, Metrics
@@ -488,7 +482,7 @@ async def _relay(chat: ChatService, request: web.Request, resp: web.StreamRespon
     saw_usage = False
     try:
         for chunk in head:
-            chunk, saw = _for_client(chunk, include_usage)
+            chunk, saw = for_client(chunk, include_usage)
             saw_usage |= saw
             if chunk:
                 await resp.write(chunk)
@@ -552,14 +546,6 @@ def _carries_token(chunk: bytes) -> bool:
                     delta.get(key) for key in _TOKEN_FIELDS):
                 return True
     return False
-
-
-def _for_client(chunk: bytes, include_usage: bool) -> tuple[bytes, bool]:
-    """A provider chunk as the client's bytes, and whether it carried a usage object."""
-    chunk = checked_sse(chunk)
-    if USAGE_KEY in chunk:
-        return filter_usage(chunk, include_usage)
-    return chunk, False
 
 
 def _id32(value: str, what: str, *, param: str | None = None) -> str:

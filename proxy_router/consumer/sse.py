@@ -65,6 +65,15 @@ def filter_usage(chunk: bytes, keep_usage_only: bool) -> tuple[bytes, bool]:
     return (out + tail if tail else out), saw
 
 
+def for_client(chunk: bytes, include_usage: bool) -> tuple[bytes, bool]:
+    """A provider chunk as the client's bytes (maybe none), and whether it carried a
+    usage object: the one per-chunk step of every streamed answer."""
+    chunk = checked_sse(chunk)
+    if USAGE_KEY in chunk:  # rare: the stream's last event
+        return filter_usage(chunk, include_usage)
+    return chunk, False
+
+
 def first_event(chunk: bytes) -> dict[str, Any]:
     """The first event of an SSE chunk, parsed ({} if it is not a JSON object)."""
     end = chunk.find(_END)
@@ -94,12 +103,11 @@ class ClientEvents:
         self.saw_usage = False
 
     def write(self, chunk: bytes) -> bool:
-        chunk = checked_sse(chunk)
-        if USAGE_KEY in chunk:  # rare: the stream's last event
-            chunk, saw = filter_usage(chunk, self.include_usage)
-            self.saw_usage |= saw
-            if not chunk:
-                return True
+        chunk, saw = for_client(chunk, self.include_usage)
+        if saw:
+            self.saw_usage = True
+        if not chunk:
+            return True
         transport = self._request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client closed the stream")

@@ -588,19 +588,14 @@ class RpcStream:
         finally:
             inbox.on_chunk = None
             self._sink = None
-        if "chunk" in frame:  # cannot be: the reader relays every chunk frame
-            await self.aclose()
-            raise RpcError(ErrorCode.STREAM_INTEGRITY, "chunk frame after the relay ended")
-        self._done = True
+        self._done = True  # the frame is the final one: every chunk frame was relayed
         req.forget()
         self._check_trailer(self._client._verify_final(frame, req.nonce))
 
     def _relayed(self, frame: dict[str, Any]) -> None:
         """One chunk frame of a relayed stream, from the reader (which must not raise)."""
         req, sink = self._req, self._sink
-        assert req is not None
-        if sink is None:
-            return
+        assert req is not None and sink is not None  # set together with on_chunk
         try:
             ready = sink.write(self._opened(frame))
         except Exception as exc:  # handed to relay(), which raises it
